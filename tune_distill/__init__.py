@@ -1,0 +1,8 @@
+"""tune_distill: dataset distillation for point clouds, with a Ray Tune + Optuna search system."""
+
+from .config import Config, PRESETS, make_config
+from .errors import UserError
+from .run import RunResult, run
+
+__all__ = ["Config", "PRESETS", "RunResult", "UserError", "make_config", "run"]
+__version__ = "0.1.0"

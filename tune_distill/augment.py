@@ -1,0 +1,59 @@
+"""Differentiable augmentation of point clouds, applied identically to real and synthetic sets.
+
+As in DSA, one random transform is drawn per matching step and applied to both the real batch
+and the synthetic clouds of a class, so matching compares like with like; the transform is a
+smooth function of the coordinates, so gradients pass through it. Rotation is in the plane of the
+last two free axes (the image plane for MNIST), about the grid centre.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .data.base import PointBatch
+
+
+@dataclass(frozen=True)
+class PointTransform:
+    """An affine map of the free axes about the grid centre, plus per-point jitter."""
+
+    matrix: torch.Tensor  # (D, D)
+    shift: torch.Tensor  # (D,)
+    centre: torch.Tensor  # (D,)
+    jitter: float
+    seed: int
+
+    def __call__(self, batch: PointBatch) -> PointBatch:
+        p = (batch.points - self.centre) @ self.matrix.T + self.centre + self.shift
+        if self.jitter > 0:
+            g = torch.Generator(device=p.device).manual_seed(self.seed)
+            noise = torch.randn(p.shape, generator=g, device=p.device) * self.jitter
+            p = p + noise * (self.matrix.diagonal() != 0)  # no jitter along pinned axes
+        return PointBatch(p, batch.batch, batch.size)
+
+
+def sample_transform(grid_shape: tuple[int, ...], rotate: float, scale: float, translate: float, jitter: float,
+                     generator: torch.Generator) -> PointTransform:
+    """Draw one transform: rotation in [-rotate, rotate] degrees, per-axis scale in [1-scale, 1+scale],
+    shift up to ``translate`` of each axis, jitter of std ``jitter`` cells."""
+    d = len(grid_shape)
+    free = [i for i, g in enumerate(grid_shape) if g > 1]
+    u = torch.rand(3 + 2 * d, generator=generator) * 2 - 1  # uniform in [-1, 1]
+    matrix = torch.zeros(d, d)
+    for i in free:
+        matrix[i, i] = 1 + scale * float(u[3 + i])
+    if len(free) >= 2:
+        a, b = free[-2], free[-1]
+        t = math.radians(rotate) * float(u[0])
+        rot = torch.eye(d)
+        rot[a, a], rot[a, b], rot[b, a], rot[b, b] = math.cos(t), -math.sin(t), math.sin(t), math.cos(t)
+        matrix = rot @ matrix
+    extent = torch.tensor(grid_shape, dtype=torch.float32)
+    shift = torch.zeros(d)
+    for i in free:
+        shift[i] = translate * float(u[3 + d + i]) * extent[i]
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    return PointTransform(matrix, shift, (extent - 1) / 2, jitter, seed)

@@ -1,0 +1,197 @@
+"""One validated config object per run, and the named presets.
+
+Every hyperparameter of a distillation-plus-evaluation run lives in ``Config``; the CLI's
+``--set key=value``, YAML files and the search spaces all fill this one object, and it is
+validated once, here. Invalid input raises ``UserError`` with one line that names the key and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import UserError
+
+
+class Config(BaseModel):
+    """All settings of one run. Field names are the keys users type in ``--set`` and YAML."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Data ---------------------------------------------------------------------------------
+    dataset: Literal["mnist"] = "mnist"
+    threshold: int = Field(75, ge=0, le=254, description="pixels above this (0..255) become points")
+    real_cap: int | None = Field(250, ge=1, description="keep each real cloud's first N points (None: all)")
+    val_size: int = Field(0, ge=0, le=30000, description="training clouds held out for validation")
+
+    # Synthetic set ------------------------------------------------------------------------
+    ipc: int = Field(1, ge=1, le=500, description="synthetic clouds per class")
+    points: int = Field(250, ge=1, le=20000, description="points per synthetic cloud")
+    init: Literal["uniform", "gaussian", "real", "real_noise", "herding", "class_mean_topk"] = "uniform"
+    init_noise: float = Field(1.0, ge=0, le=10, description="jitter (grid cells) for real_noise, std for gaussian as a fraction")
+
+    # How points reach the network -----------------------------------------------------------
+    encoding: Literal["features", "splat"] = "features"
+    splat_kernel: Literal["linear", "gaussian"] = "linear"
+    splat_sigma: float = Field(0.5, gt=0, le=4, description="std (cells) of the gaussian splat")
+    splat_combine: Literal["clamp", "soft_or"] = "clamp"
+
+    # Distillation network -------------------------------------------------------------------
+    family: Literal["sparse", "dense"] = "sparse"
+    backend: Literal["torch", "minkowski", "auto"] = "torch"
+    second_order: Literal["full", "truncated"] = Field(
+        "full", description="truncated: sparse ops have no double backward, as in MinkowskiEngine"
+    )
+    depth: int = Field(2, ge=1, le=6)
+    width: int = Field(128, ge=1, le=1024)
+    pooling: Literal["max", "avg"] = "max"
+    norm: Literal["none", "instance"] = "instance"
+    network: Literal["fixed", "resample", "pretrained"] = "fixed"
+    pretrain_steps: int = Field(100, ge=0, le=100000, description="real-data SGD steps for network=pretrained")
+    pretrain_refresh: int = Field(50, ge=1, description="re-pretrain a fresh network every N iterations")
+    outer_loop: int = Field(1, ge=1, le=100, description="DC's outer loop: matching steps per network")
+    inner_loop: int = Field(1, ge=0, le=1000, description="DC's inner loop: network steps on the synthetic set")
+    lr_net: float = Field(0.01, gt=0, le=10)
+
+    # Objective ------------------------------------------------------------------------------
+    objective: Literal["gradient", "distribution"] = "gradient"
+    distance: Literal["sum_of_squares", "layerwise_cosine", "mse", "cosine"] = "sum_of_squares"
+    augment: bool = Field(False, description="same random rotation/scale/shift/jitter on real and synthetic")
+    aug_rotate: float = Field(15.0, ge=0, le=180, description="max rotation (degrees)")
+    aug_scale: float = Field(0.1, ge=0, lt=1, description="max relative scale change")
+    aug_translate: float = Field(0.1, ge=0, lt=1, description="max shift as a fraction of the grid")
+    aug_jitter: float = Field(0.0, ge=0, le=5, description="per-point noise std (cells)")
+
+    # Optimisation of the synthetic set --------------------------------------------------------
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.1, gt=0, le=1000)
+    momentum: float = Field(0.5, ge=0, lt=1)
+    iterations: int = Field(1250, ge=0, le=1_000_000)
+    batch_real: int = Field(256, ge=1, le=10000, description="real clouds per class per iteration")
+
+    # Evaluation -----------------------------------------------------------------------------
+    eval_models: int = Field(5, ge=1, le=100)
+    eval_epochs: int = Field(1000, ge=1, le=100000)
+    eval_width: int = Field(128, ge=1, le=1024)
+    eval_depth: int = Field(3, ge=1, le=5)
+    eval_lr: float = Field(0.01, gt=0, le=10)
+    eval_batch: int = Field(256, ge=1)
+    eval_augment: bool = True
+    eval_split: Literal["test", "val"] = Field("test", description="val needs val_size > 0")
+    eval_test_size: int | None = Field(None, ge=1, description="evaluate on the first N digits (None: all)")
+    eval_at: list[int] = Field(default_factory=list, description="also evaluate at these iterations")
+
+    # Run ------------------------------------------------------------------------------------
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    log_every: int = Field(10, ge=1)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        if self.eval_split == "val" and self.val_size == 0:
+            raise ValueError("eval_split=val needs val_size > 0 (e.g. val_size=5000)")
+        if self.backend == "minkowski" and self.family != "sparse":
+            raise ValueError("backend=minkowski runs the sparse family only (set family=sparse)")
+        return self
+
+    def replace(self, **changes: Any) -> "Config":
+        """A new validated config with ``changes`` applied."""
+        return make_config({**self.model_dump(), **changes})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's Minkowski network as its code runs it: 2 layers, IN, max pooling, sum of
+    # squares, SGD(0.1, 0.5), uniform init, one fixed random network, 1250 iterations. Its sparse
+    # layers had no double backward (MinkowskiEngine), hence second_order=truncated.
+    "paper-sparse": dict(
+        family="sparse", depth=2, width=128, pooling="max", norm="instance", distance="sum_of_squares",
+        lr=0.1, momentum=0.5, init="uniform", points=250, iterations=1250, batch_real=256,
+        network="fixed", encoding="features", second_order="truncated",
+        eval_models=5, eval_epochs=1000,
+    ),
+    # The paper's pure-PyTorch network: densified clouds, 3 layers, no norm.
+    "paper-dense": dict(
+        family="dense", depth=3, width=128, pooling="max", norm="none", distance="sum_of_squares",
+        lr=0.1, momentum=0.5, init="uniform", points=250, iterations=1250, batch_real=256,
+        network="fixed", encoding="features", eval_models=5, eval_epochs=1000,
+    ),
+    # About a minute on 2 CPU cores: the project's method (splatted points, real init, a fresh
+    # network per iteration) with a narrow network, small real batches, few iterations and a
+    # cheaper evaluation (2 x 300 epochs, width 64, 2,000 test digits).
+    "quick": dict(
+        family="dense", depth=3, width=32, pooling="avg", norm="instance", distance="sum_of_squares",
+        encoding="splat", init="real", points=150, network="resample", lr=0.1, momentum=0.5,
+        iterations=100, batch_real=32, eval_models=2, eval_epochs=300, eval_width=64,
+        eval_test_size=2000, log_every=10,
+    ),
+}
+
+
+def _fields_help(key: str) -> str:
+    field = Config.model_fields[key]
+    ann = field.annotation
+    choices = getattr(ann, "__args__", None)
+    if getattr(ann, "__origin__", None) is Literal and choices:
+        return "one of: " + ", ".join(map(str, choices))
+    return ""
+
+
+def _one_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or None
+    if first["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(loc), list(Config.model_fields), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(Config.model_fields)}"
+        return f"unknown config key {loc!r}{hint}"
+    if loc is None:  # a cross-field rule from _consistent
+        return "invalid config: " + first["msg"].removeprefix("Value error, ")
+    allowed = _fields_help(loc) if loc in Config.model_fields else ""
+    msg = first["msg"].removeprefix("Value error, ")
+    got = first.get("input")
+    detail = allowed or msg
+    return f"config key {loc!r}: {detail} (got {got!r})"
+
+
+def make_config(values: dict[str, Any] | None = None, preset: str | None = None) -> Config:
+    """Validate ``values`` on top of ``preset`` (if any); bad input raises a one-line UserError."""
+    base: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        base = dict(PRESETS[preset])
+    try:
+        return Config(**{**base, **(values or {})})
+    except ValidationError as exc:
+        raise UserError(_one_line(exc)) from None
+
+
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """``["depth=3", "lr=0.05"]`` -> ``{"depth": 3, "lr": 0.05}``; values are read as YAML."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects key=value, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise UserError(f"--set {key.strip()}: cannot read value {raw!r}") from None
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file (as written to ``config.yaml`` by a run)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"config file {path} not found") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of config keys")
+    return data

@@ -1,0 +1,167 @@
+"""The distillation loop: move synthetic points so that they match real data under random networks.
+
+Per iteration (DC's schedule, with the paper's defaults of one outer and one inner step): clamp
+the points into the grid, pick the network (one fixed for the run, a fresh one, or a freshly
+pretrained one every few iterations), then for each outer step accumulate over classes the
+matching loss between a real batch of the class and the class's synthetic clouds, take one
+optimizer step on the coordinates, and (between outer steps) train the network on the synthetic
+set for ``inner_loop`` steps.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .augment import sample_transform
+from .config import Config
+from .data.base import Clouds, PointBatch
+from .encoding import Encoding
+from .matching import distribution_match, gradient_match
+from .nets import build_distill_net
+from .synthetic import project
+
+Report = Callable[[dict], None]
+
+
+def stream(seed: int, name: str) -> int:
+    """A reproducible 63-bit seed for one named random stream of a run."""
+    words = np.random.SeedSequence([seed, *name.encode()]).generate_state(2, np.uint32)
+    return int(words[0]) << 31 | int(words[1]) >> 1
+
+
+def encoding_of(cfg: Config) -> Encoding:
+    return Encoding(cfg.encoding, cfg.splat_kernel, cfg.splat_sigma, cfg.splat_combine)
+
+
+class _Networks:
+    """The distillation network policy: fixed, resampled every iteration, or periodically pretrained."""
+
+    def __init__(self, cfg: Config, make: Callable[[int], torch.nn.Module], pretrain: Callable[[torch.nn.Module, int], None]):
+        self.cfg, self.make, self.pretrain = cfg, make, pretrain
+        self.net: torch.nn.Module | None = None
+
+    def at(self, it: int) -> torch.nn.Module:
+        cfg = self.cfg
+        seed = stream(cfg.seed, f"net/{it}")
+        if cfg.network == "fixed" and self.net is None:
+            self.net = self.make(stream(cfg.seed, "net"))
+        elif cfg.network == "resample":
+            self.net = self.make(seed)
+        elif cfg.network == "pretrained" and (self.net is None or it % cfg.pretrain_refresh == 0):
+            self.net = self.make(seed)
+            self.pretrain(self.net, seed)
+        return self.net
+
+
+def distill(
+    cfg: Config,
+    clouds: Clouds,
+    num_classes: int,
+    grid_shape: tuple[int, ...],
+    syn: torch.Tensor,
+    device: torch.device,
+    report: Report | None = None,
+    evaluate_at: Callable[[int, torch.Tensor], None] | None = None,
+) -> list[dict]:
+    """Optimise ``syn`` (num_classes * ipc, P, D) in place; return the logged history.
+
+    ``clouds`` are the real training clouds the distillation may see (never validation or test).
+    ``evaluate_at(iteration, points)`` is called at each iteration listed in ``cfg.eval_at``.
+    """
+    enc = encoding_of(cfg)
+    sparse = cfg.family == "sparse"
+    in_channels = enc.in_channels(len(grid_shape))
+    clouds = clouds.to(device)
+    by_class = [torch.nonzero(clouds.labels == c).flatten() for c in range(num_classes)]
+    real_gen = torch.Generator().manual_seed(stream(cfg.seed, "real"))
+    aug_gen = torch.Generator().manual_seed(stream(cfg.seed, "augment"))
+
+    def encode(batch: PointBatch):
+        return enc(batch, grid_shape, sparse)
+
+    def real_batch(c: int, n: int) -> PointBatch:
+        members = by_class[c]
+        pick = members[torch.randperm(len(members), generator=real_gen)[:n].to(device)]
+        return clouds.batch(pick, cfg.real_cap)
+
+    def make(seed: int) -> torch.nn.Module:
+        return build_distill_net(cfg, in_channels, grid_shape, num_classes, seed).to(device)
+
+    def pretrain(net: torch.nn.Module, seed: int) -> None:
+        """Train a fresh network on real batches of all classes (the paper's proposed future work)."""
+        opt = torch.optim.SGD(net.parameters(), lr=cfg.lr_net, momentum=0.9)
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(cfg.pretrain_steps):
+            pick = torch.randperm(len(clouds), generator=gen)[: cfg.batch_real].to(device)
+            loss = F.cross_entropy(net(encode(clouds.batch(pick, cfg.real_cap))), clouds.labels[pick])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    networks = _Networks(cfg, make, pretrain)
+    syn.requires_grad_(True)
+    opt = (torch.optim.SGD([syn], lr=cfg.lr, momentum=cfg.momentum) if cfg.optimizer == "sgd"
+           else torch.optim.Adam([syn], lr=cfg.lr))
+    ipc = cfg.ipc
+    history: list[dict] = []
+    started = last_log = time.perf_counter()
+    for it in range(cfg.iterations):
+        if evaluate_at is not None and it in cfg.eval_at:
+            evaluate_at(it, syn.detach())
+        project(syn, grid_shape)
+        net = networks.at(it)
+        for outer in range(cfg.outer_loop):
+            loss = syn.new_zeros(())
+            for c in range(num_classes):
+                real = real_batch(c, cfg.batch_real)
+                mine = PointBatch.from_padded(syn[c * ipc : (c + 1) * ipc])
+                if cfg.augment:
+                    t = sample_transform(grid_shape, cfg.aug_rotate, cfg.aug_scale, cfg.aug_translate,
+                                         cfg.aug_jitter, aug_gen)
+                    real, mine = t(real), t(mine)
+                if cfg.objective == "gradient":
+                    y_real = torch.full((real.size,), c, device=device)
+                    y_syn = torch.full((ipc,), c, device=device)
+                    loss = loss + gradient_match(net, encode(real), y_real, encode(mine), y_syn, cfg.distance)
+                else:
+                    loss = loss + distribution_match(net.embed, encode(real), encode(mine))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"matching loss is {loss.item()} at iteration {it}; lower lr")
+            before = syn.detach().clone()
+            opt.zero_grad()
+            loss.backward()
+            grad_abs = syn.grad.abs().mean().item()
+            opt.step()
+            delta_abs = (syn.detach() - before).abs().mean().item()
+            if outer == cfg.outer_loop - 1:
+                break
+            _train_on_synthetic(net, encode, syn.detach(), num_classes, ipc, cfg.inner_loop, cfg.lr_net, device)
+        if it % cfg.log_every == 0 or it == cfg.iterations - 1:
+            now = time.perf_counter()
+            steps = it + 1 - (history[-1]["iteration"] + 1 if history else 0)
+            row = {"iteration": it, "loss": loss.item(), "grad_abs": grad_abs, "delta_abs": delta_abs,
+                   "sec_per_iter": (now - last_log) / max(1, steps), "elapsed": now - started}
+            last_log = now
+            history.append(row)
+            if report is not None:
+                report(dict(row))
+    project(syn, grid_shape)
+    syn.requires_grad_(False)
+    return history
+
+
+def _train_on_synthetic(net, encode, syn, num_classes, ipc, steps, lr, device) -> None:
+    """DC's inner loop: a few SGD steps of the network on the (fixed) synthetic set."""
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    labels = torch.arange(num_classes, device=device).repeat_interleave(ipc)
+    batch = PointBatch.from_padded(syn)
+    for _ in range(steps):
+        loss = F.cross_entropy(net(encode(batch)), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()

@@ -1,0 +1,79 @@
+"""Matching objectives: distances between real and synthetic gradients, and distribution matching.
+
+Gradient distances compare two lists of per-parameter gradients:
+- ``sum_of_squares``: sum over layers of the summed squared differences (the paper's best);
+- ``mse``: sum over layers of the *mean* squared difference (scale-free across layer sizes);
+- ``cosine``: 1 - cosine similarity of the two gradients flattened into one vector each;
+- ``layerwise_cosine``: DC's distance: per layer and output channel 1 - cosine, summed, with
+  one-dimensional parameters (biases, norm scales) ignored as DC does.
+
+Distribution matching (DM) compares mean embeddings of real and synthetic clouds.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+DISTANCES = ("sum_of_squares", "layerwise_cosine", "mse", "cosine")
+
+
+def _rows(g: torch.Tensor) -> torch.Tensor:
+    """A weight gradient as (output channels, rest).
+
+    Sparse kernels are (K, C_in, C_out), with the output channel last; every other weight
+    (Conv, Linear) has it first.
+    """
+    if g.ndim == 3:
+        return g.permute(2, 0, 1).reshape(g.shape[2], -1)
+    return g.reshape(g.shape[0], -1)
+
+
+def _layerwise_cosine(real: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
+    if real.ndim == 1:
+        return syn.new_zeros(())
+    r, s = _rows(real), _rows(syn)
+    cos = (r * s).sum(-1) / (r.norm(dim=-1) * s.norm(dim=-1) + 1e-6)
+    return (1 - cos).sum()
+
+
+def gradient_distance(real: Sequence[torch.Tensor], syn: Sequence[torch.Tensor], kind: str) -> torch.Tensor:
+    """Distance between real and synthetic gradients (same parameters, same order)."""
+    if kind == "sum_of_squares":
+        return sum(((s - r) ** 2).sum() for r, s in zip(real, syn))
+    if kind == "mse":
+        return sum(((s - r) ** 2).mean() for r, s in zip(real, syn))
+    if kind == "layerwise_cosine":
+        return sum(_layerwise_cosine(r, s) for r, s in zip(real, syn))
+    if kind == "cosine":
+        r = torch.cat([g.flatten() for g in real])
+        s = torch.cat([g.flatten() for g in syn])
+        return 1 - (r * s).sum() / (r.norm() * s.norm() + 1e-6)
+    raise ValueError(f"unknown distance {kind!r}; choose one of {DISTANCES}")
+
+
+def gradient_match(
+    net: torch.nn.Module, real_input, real_labels: torch.Tensor, syn_input, syn_labels: torch.Tensor, kind: str
+) -> torch.Tensor:
+    """One class's gradient-matching loss: distance between the network's weight gradients.
+
+    The real gradients are constants; the synthetic ones keep their graph (``create_graph``) so
+    the distance can be differentiated with respect to the synthetic points.
+    """
+    params = [p for p in net.parameters() if p.requires_grad]
+    loss_fn = torch.nn.functional.cross_entropy
+    g_real = torch.autograd.grad(loss_fn(net(real_input), real_labels), params)
+    g_real = [g.detach() for g in g_real]
+    g_syn = torch.autograd.grad(loss_fn(net(syn_input), syn_labels), params, create_graph=True, allow_unused=True)
+    pairs = [(r, s) for r, s in zip(g_real, g_syn) if s is not None and s.requires_grad]
+    if not pairs:
+        raise RuntimeError("no synthetic gradient depends on the synthetic points")
+    return gradient_distance([r for r, _ in pairs], [s for _, s in pairs], kind)
+
+
+def distribution_match(embed: Callable[..., torch.Tensor], real_input, syn_input) -> torch.Tensor:
+    """DM's loss for one class: squared distance between mean embeddings."""
+    with torch.no_grad():
+        real_mean = embed(real_input).mean(0)
+    return ((real_mean - embed(syn_input).mean(0)) ** 2).sum()

@@ -1,0 +1,12 @@
+"""A sparse tensor engine in pure PyTorch with MinkowskiEngine's semantics.
+
+``tensor`` holds the data structure and kernel maps, ``ops`` the differentiable operations.
+"""
+
+from .ops import avg_pool, conv, dense_shape, global_pool, instance_norm, max_pool, to_dense
+from .tensor import CoordinateManager, KernelMap, SparseTensor, kernel_offsets, unique_cells
+
+__all__ = [
+    "CoordinateManager", "KernelMap", "SparseTensor", "kernel_offsets", "unique_cells",
+    "avg_pool", "conv", "dense_shape", "global_pool", "instance_norm", "max_pool", "to_dense",
+]
