@@ -34,6 +34,7 @@ class RunResult:
     history: list[dict]
     accuracies: list[float]
     split: str  # the set the accuracies were measured on: test | val
+    grid_shape: tuple[int, ...]
     evaluations: list[dict] = field(default_factory=list)  # intermediate (eval_at) evaluations
     seconds: float = 0.0
     distill_seconds: float = 0.0
@@ -141,6 +142,7 @@ def run(config: Config, report: Report | None = None, data: Dataset | None = Non
         history=history,
         accuracies=accuracies,
         split=cfg.eval_split,
+        grid_shape=data.grid_shape,
         evaluations=evaluations,
         seconds=time.perf_counter() - started,
         distill_seconds=distill_seconds,

@@ -1,0 +1,39 @@
+"""Shared fixtures: the real MNIST files (../shared/data/mnist or $TUNE_DISTILL_DATA), loaded once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def mnist_path() -> Path:
+    env = os.environ.get("TUNE_DISTILL_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path | None:
+    """The MNIST folder beside the repo, or None to let the loader find (or download) the files.
+
+    Never a skip: a test session without MNIST fails with the loader's one-line error.
+    """
+    path = mnist_path()
+    return path if path.exists() else None
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_dir):
+    from tune_distill.data import load_dataset
+
+    return load_dataset("mnist", mnist_dir)
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    # Tests run on a 2-core CI machine; keep torch from oversubscribing it.
+    torch.set_num_threads(2)
