@@ -72,3 +72,19 @@ def test_splat_on_integer_points_is_the_binary_image():
     pts = torch.tensor([[0.0, 1.0, 2.0], [0.0, 3.0, 3.0], [0.0, 3.0, 3.0]])
     x = Encoding("splat")(PointBatch(pts, torch.zeros(3, dtype=torch.long), 1), GRID, sparse=False)
     assert x.sum().item() == 2.0 and x[0, 0, 0, 1, 2] == 1 and x[0, 0, 0, 3, 3] == 1  # clamped at 1
+
+
+def test_straight_through_forwards_the_rendered_image_and_backwards_the_splat():
+    from tune_distill.data.base import voxelize
+    from tune_distill.sparse import to_dense
+
+    g = torch.Generator().manual_seed(0)
+    pts = torch.rand(2, 40, 3, generator=g) * torch.tensor([0.0, 27.0, 27.0])
+    for sparse in (False, True):
+        leaf = pts.clone().requires_grad_(True)
+        batch = PointBatch.from_padded(leaf)
+        x = Encoding("splat", straight_through=True)(batch, GRID, sparse=sparse)
+        dense = to_dense(x) if sparse else x
+        assert torch.equal(dense[:, 0].detach(), voxelize(batch, GRID))  # exactly the evaluator's render
+        (dense[:, 0] * torch.arange(28.0 * 28).reshape(1, 1, 28, 28)).sum().backward()
+        assert leaf.grad[..., 1:].abs().sum() > 0

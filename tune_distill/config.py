@@ -33,13 +33,14 @@ class Config(BaseModel):
     ipc: int = Field(1, ge=1, le=500, description="synthetic clouds per class")
     points: int = Field(250, ge=1, le=20000, description="points per synthetic cloud")
     init: Literal["uniform", "gaussian", "real", "real_noise", "herding", "class_mean_topk"] = "uniform"
-    init_noise: float = Field(1.0, ge=0, le=10, description="jitter (grid cells) for real_noise, std for gaussian as a fraction")
+    init_noise: float = Field(1.0, ge=0, le=10, description="std of the jitter (grid cells) for init=real_noise")
 
     # How points reach the network -----------------------------------------------------------
     encoding: Literal["features", "splat"] = "features"
     splat_kernel: Literal["linear", "gaussian"] = "linear"
     splat_sigma: float = Field(0.5, gt=0, le=4, description="std (cells) of the gaussian splat")
     splat_combine: Literal["clamp", "soft_or"] = "clamp"
+    straight_through: bool = Field(False, description="splat: forward the evaluator's binary render, backward the splat")
 
     # Distillation network -------------------------------------------------------------------
     family: Literal["sparse", "dense"] = "sparse"

@@ -35,7 +35,7 @@ def stream(seed: int, name: str) -> int:
 
 
 def encoding_of(cfg: Config) -> Encoding:
-    return Encoding(cfg.encoding, cfg.splat_kernel, cfg.splat_sigma, cfg.splat_combine)
+    return Encoding(cfg.encoding, cfg.splat_kernel, cfg.splat_sigma, cfg.splat_combine, cfg.straight_through)
 
 
 class _Networks:

@@ -5,7 +5,9 @@ sparse structure) and each cell's features are its points' coordinates, so gradi
 coordinates through the feature values only. ``splat`` spreads each point onto its neighbouring
 cells with weights that are smooth in the point's position (linear interpolation or a gaussian)
 and combines them into an occupancy in [0, 1], so moving a point moves mass between cells and the
-gradient says where a point should go.
+gradient says where a point should go. With ``straight_through`` the forward value is the binary
+image the evaluator renders (rounded points) while the gradient is the splat's, so the
+distillation optimises exactly what will be evaluated.
 
 Both produce either a ``SparseTensor`` (sparse family) or a dense (B, C, *grid) tensor (dense
 family). Axes of extent one are pinned: nothing is spread along them.
@@ -31,6 +33,7 @@ class Encoding:
     kernel: str = "linear"  # splat: linear | gaussian
     sigma: float = 0.5  # splat: gaussian std in cells
     combine: str = "clamp"  # splat: clamp | soft_or
+    straight_through: bool = False  # splat: forward the binary render, backward the splat
 
     def in_channels(self, dims: int) -> int:
         return dims if self.kind == "features" else 1
@@ -40,7 +43,18 @@ class Encoding:
             x = SparseTensor.from_points(batch.points, batch.batch, batch.points, batch.size, grid_shape)
             return x if sparse else to_dense(x)
         cells, weights = self.splat_weights(batch, grid_shape, keep_zero=not sparse)
-        return _combine(cells, weights, batch.size, grid_shape, self.combine, sparse)
+        coords, inverse = unique_cells(cells)
+        value = _combine(weights, inverse, coords.shape[0], self.combine)
+        if self.straight_through:
+            hard = _occupied(coords, _rounded_cells(batch, grid_shape))
+            value = hard.to(value.dtype) + (value - value.detach())  # exactly 0 or 1 forward
+            if sparse:  # the structure is the rendered image's: occupied cells only
+                coords, value = coords[hard], value[hard]
+        if sparse:
+            manager = CoordinateManager(coords, tuple(grid_shape), batch.size)
+            return SparseTensor(value[:, None], (1,) * len(grid_shape), manager)
+        grid = value.new_zeros((batch.size, *grid_shape))
+        return grid.index_put(tuple(coords.unbind(1)), value)[:, None]
 
     def splat_weights(self, batch: PointBatch, grid_shape: tuple[int, ...], keep_zero: bool = True):
         """Every (point, neighbouring cell) pair: cells (M*K, 1+D) with batch index, weights (M*K,).
@@ -59,10 +73,10 @@ class Encoding:
             r = max(1, math.ceil(2 * self.sigma))
             steps = [tuple(range(-r, r + 1)) if f else (0,) for f in free]
         offsets = torch.tensor(list(itertools.product(*steps)), device=p.device, dtype=p.dtype)
-        pinned = torch.tensor([0.0 if f else 1.0 for f in free], device=p.device, dtype=p.dtype)
+        keep = torch.tensor([1.0 if f else 0.0 for f in free], device=p.device, dtype=p.dtype)
         # Pinned axes sit at cell 0 whatever the point's value there.
-        cells = (base[:, None, :] + offsets[None]) * (1 - pinned)  # (M, K, D)
-        delta = (p[:, None, :] - cells) * (1 - pinned)
+        cells = (base[:, None, :] + offsets[None]) * keep  # (M, K, D)
+        delta = (p[:, None, :] - cells) * keep
         if self.kernel == "linear":
             weights = torch.clamp(1 - delta.abs(), min=0).prod(-1)
         else:
@@ -76,18 +90,26 @@ class Encoding:
         return index, weights[inside]
 
 
-def _combine(cells: torch.Tensor, weights: torch.Tensor, batch_size: int, grid_shape: tuple[int, ...],
-             combine: str, sparse: bool):
-    coords, inverse = unique_cells(cells)
-    n = coords.shape[0]
+def _combine(weights: torch.Tensor, inverse: torch.Tensor, n: int, combine: str) -> torch.Tensor:
+    """Per-cell occupancy from the weights of the pairs that land in each cell."""
     if combine == "clamp":
-        value = weights.new_zeros(n).index_add(0, inverse, weights).clamp(max=1.0)
-    else:  # soft-or: 1 - prod(1 - w), via a sum of logs
-        log_empty = torch.log1p(-weights.clamp(max=1 - 1e-6))
-        value = 1 - torch.exp(weights.new_zeros(n).index_add(0, inverse, log_empty))
-    if sparse:
-        manager = CoordinateManager(coords, tuple(grid_shape), batch_size)
-        return SparseTensor(value[:, None], (1,) * len(grid_shape), manager)
-    grid = weights.new_zeros((batch_size, *grid_shape))
-    grid = grid.index_put(tuple(coords.unbind(1)), value)
-    return grid[:, None]
+        return weights.new_zeros(n).index_add(0, inverse, weights).clamp(max=1.0)
+    # soft-or: 1 - prod(1 - w), via a sum of logs
+    log_empty = torch.log1p(-weights.clamp(max=1 - 1e-6))
+    return 1 - torch.exp(weights.new_zeros(n).index_add(0, inverse, log_empty))
+
+
+def _rounded_cells(batch: PointBatch, grid_shape: tuple[int, ...]) -> torch.Tensor:
+    """(batch, cell) rows of the rounded points inside the grid: the rendered image's pixels."""
+    rounded = batch.points.detach().round()
+    hi = torch.tensor(grid_shape, device=rounded.device) - 1
+    inside = ((rounded >= 0) & (rounded <= hi)).all(1)
+    return torch.cat([batch.batch[inside, None], rounded[inside].long()], 1)
+
+
+def _occupied(coords: torch.Tensor, occupied: torch.Tensor) -> torch.Tensor:
+    """Which rows of ``coords`` (unique) appear among the ``occupied`` rows."""
+    _, inverse = unique_cells(torch.cat([occupied, coords]))
+    marked = torch.zeros(int(inverse.max()) + 1, dtype=torch.bool, device=coords.device)
+    marked[inverse[: occupied.shape[0]]] = True
+    return marked[inverse[occupied.shape[0] :]]
