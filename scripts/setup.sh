@@ -10,3 +10,4 @@ PY=${PYTHON:-python3}
 python -m pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 python -m pip install -q -e ".[dev]"
+python scripts/install_minkowski.py || echo "setup: MinkowskiEngine (optional backend) not installed; its tests will be skipped" >&2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UserError
 from . import ops
 from .tensor import SparseTensor
 
@@ -40,6 +41,9 @@ class SparseBackend:
     def avg_pool(self, x: SparseTensor, kernel_size: int, stride: int) -> SparseTensor:
         return ops.avg_pool(x, kernel_size, stride, truncated=self.truncated)
 
+    def global_pool(self, x: SparseTensor, mode: str = "avg") -> torch.Tensor:
+        return ops.global_pool(x, mode, truncated=self.truncated)
+
     def to_dense(self, x: SparseTensor, shape: tuple[int, ...]) -> torch.Tensor:
         assert ops.dense_shape(x) == tuple(shape), (ops.dense_shape(x), shape)
         return ops.to_dense(x)
@@ -49,7 +53,7 @@ def get_backend(name: str, truncated: bool = False):
     """The backend called ``name``: torch, minkowski, or auto (minkowski when it imports).
 
     MinkowskiEngine's ops have no double backward, so it can only stand in for a truncated
-    torch backend; ``auto`` picks it only then.
+    torch backend; ``auto`` picks it only then, and asking for it otherwise is an error.
     """
     if name == "torch" or (name == "auto" and not truncated):
         return SparseBackend(truncated)
@@ -57,4 +61,7 @@ def get_backend(name: str, truncated: bool = False):
 
     if name == "auto" and not minkowski.available():
         return SparseBackend(truncated)
+    if not truncated:
+        raise UserError("backend=minkowski has no double backward (MinkowskiEngine's ops); "
+                        "set second_order=truncated, or use backend=torch")
     return minkowski.MinkowskiBackend()
