@@ -1,13 +1,17 @@
 """Sparse operations: convolution, pooling over occupied cells, instance norm, global pooling.
 
-Every op is built from differentiable PyTorch primitives (gather, matmul, index_add), so
-autograd gives first *and* second derivatives: gradient matching differentiates the synthetic
-set's weight gradients with respect to its features, which needs double backward.
+Each op gathers rows through a kernel map's neighbour table (``KernelMap``) and does dense math
+on them: one GEMM for a convolution over all its offsets, a max or a sum over the window for
+pooling. Backward passes are the same kind of gather over the transposed table -- no scatter-add,
+no loop over offsets or points. The ops are autograd functions whose backward is itself written
+in differentiable PyTorch, so autograd gives first *and* second derivatives: gradient matching
+differentiates the synthetic set's weight gradients with respect to its features, which needs
+double backward.
 
-MinkowskiEngine's ops are custom autograd functions whose backward is not itself
-differentiable, so under gradient matching its layers' weight gradients are constants with
-respect to the input. ``truncated=True`` reproduces exactly that: the op's backward runs outside
-autograd. It is how the paper's Minkowski network actually trained its synthetic set.
+MinkowskiEngine's ops are custom autograd functions whose backward is not differentiable, so
+under gradient matching its layers' weight gradients are constants with respect to the input.
+``truncated=True`` reproduces exactly that: the op's backward runs without autograd. It is how the
+paper's Minkowski network actually trained its synthetic set.
 
 Kernels are laid out (K, C_in, C_out) with the K offsets in the C order of a dense ``conv3d``
 weight's spatial axes, so ``weight[k] == dense.weight[:, :, kd, kh, kw].T``.
@@ -15,7 +19,6 @@ weight's spatial axes, so ``weight[k] == dense.weight[:, :, kd, kh, kw].T``.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Callable
 
 import torch
@@ -23,40 +26,71 @@ import torch
 from .tensor import KernelMap, SparseTensor
 
 
-class _Truncated(torch.autograd.Function):
-    """Runs ``fn`` on tensors; its backward returns gradients that carry no graph."""
-
-    @staticmethod
-    def forward(ctx, fn, *tensors):
-        ctx.fn = fn
-        ctx.save_for_backward(*tensors)
-        return fn(*tensors)
-
-    @staticmethod
-    def backward(ctx, grad):
-        tensors = ctx.saved_tensors
-        wanted = ctx.needs_input_grad[1:]
-        with torch.enable_grad():
-            inputs = [t.detach().requires_grad_(w) for t, w in zip(tensors, wanted)]
-            out = ctx.fn(*inputs)
-            needed = [i for i, w in zip(inputs, wanted) if w]
-            grads = iter(torch.autograd.grad(out, needed, grad, allow_unused=True))
-        return (None, *(next(grads) if w else None for w in wanted))
-
-
-def _apply(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, truncated: bool) -> torch.Tensor:
-    return _Truncated.apply(fn, *tensors) if truncated else fn(*tensors)
-
-
 def _as_tuple(value: int | tuple[int, ...], d: int) -> tuple[int, ...]:
     return (value,) * d if isinstance(value, int) else tuple(value)
 
 
-def _conv_feats(feats: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, n_out: int) -> torch.Tensor:
-    out = feats.new_zeros(n_out, weight.shape[2])
-    for k, i, o in kmap.segments():
-        out = out.index_add(0, o, feats[i] @ weight[k])
-    return out
+def _grad_mode(truncated: bool):
+    """Inside a backward: let autograd record it (double backward) unless truncated."""
+    return torch.set_grad_enabled(torch.is_grad_enabled() and not truncated)
+
+
+def _gather(rows: torch.Tensor, table: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
+    """``rows[table]`` as (*table.shape, C), where the index ``len(rows)`` reads ``fill``."""
+    padded = torch.cat([rows, rows.new_full((1, rows.shape[1]), fill)])
+    return padded.index_select(0, table.reshape(-1)).view(*table.shape, rows.shape[1])
+
+
+class _Linear(torch.autograd.Function):
+    """``fwd(x)`` for an op linear in x, with ``adjoint`` (its transpose) as the backward."""
+
+    @staticmethod
+    def forward(ctx, x, fwd: Callable, adjoint: Callable, truncated: bool):
+        ctx.adjoint, ctx.truncated = adjoint, truncated
+        return fwd(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        with _grad_mode(ctx.truncated):
+            return ctx.adjoint(grad), None, None, None
+
+
+class _Conv(torch.autograd.Function):
+    """``out[o] = sum_j feats[table[o, j]] @ weight[j]``: one gather, one GEMM.
+
+    The input gradient is the same op on the transposed table with each weight transposed; the
+    weight gradient one GEMM of the gathered rows with the output gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, feats, weight, kmap: KernelMap, truncated: bool):
+        cols = _gather(feats, kmap.table).view(kmap.n_out, -1)
+        ctx.kmap, ctx.truncated = kmap, truncated
+        ctx.save_for_backward(feats, weight)
+        # Truncated backward reuses the gathered rows; full mode must re-gather under autograd.
+        ctx.cols = cols if truncated else None
+        return cols @ weight.reshape(-1, weight.shape[2])
+
+    @staticmethod
+    def backward(ctx, grad):
+        feats, weight = ctx.saved_tensors
+        kmap, grad_feats, grad_weight = ctx.kmap, None, None
+        with _grad_mode(ctx.truncated):
+            if ctx.needs_input_grad[0]:
+                grad_feats = _Conv.apply(grad, weight.transpose(1, 2), kmap.transposed, ctx.truncated)
+            if ctx.needs_input_grad[1]:
+                cols = ctx.cols if ctx.cols is not None else _gather(feats, kmap.table).view(kmap.n_out, -1)
+                grad_weight = (cols.T @ grad).view(weight.shape)
+        return grad_feats, grad_weight, None, None
+
+
+def _active_rows(weight: torch.Tensor, active: tuple[int, ...]) -> torch.Tensor:
+    """The kernel's rows for the offsets a map uses (a slice when they are contiguous)."""
+    if len(active) == weight.shape[0]:
+        return weight
+    if active and active == tuple(range(active[0], active[-1] + 1)):
+        return weight[active[0] : active[-1] + 1]
+    return weight[list(active)]
 
 
 def conv(x: SparseTensor, weight: torch.Tensor, kernel_size: int | tuple[int, ...] = 3,
@@ -70,96 +104,115 @@ def conv(x: SparseTensor, weight: torch.Tensor, kernel_size: int | tuple[int, ..
     ks, st = _as_tuple(kernel_size, d), _as_tuple(stride, d)
     out_stride = x.manager.downsample(x.stride, st) if any(s > 1 for s in st) else x.stride
     kmap = x.manager.kernel_map(x.stride, out_stride, ks)
-    n_out = x.manager.coords(out_stride).shape[0]
-    out = _apply(partial(_conv_feats, kmap=kmap, n_out=n_out), x.feats, weight, truncated=truncated)
+    out = _Conv.apply(x.feats, _active_rows(weight, kmap.active), kmap, truncated)
     if bias is not None:
         out = out + bias
     return SparseTensor(out, out_stride, x.manager)
 
 
-def _winners(vals: torch.Tensor, rows: torch.Tensor, groups: torch.Tensor, n_groups: int, n_rows: int) -> torch.Tensor:
-    """For each (group, channel), the lowest row holding the group's max: (n_groups, C).
-
-    Groups with no member get ``n_rows`` (one past the last row).
-    """
-    c = vals.shape[1]
-    index = groups[:, None].expand(-1, c)
-    best = vals.new_full((n_groups, c), float("-inf")).scatter_reduce(0, index, vals, "amax")
-    cand = torch.where(vals == best[groups], rows[:, None].expand(-1, c), torch.full_like(index, n_rows))
-    return cand.new_full((n_groups, c), n_rows).scatter_reduce(0, index, cand, "amin")
-
-
-def _gather_rows(feats: torch.Tensor, winner: torch.Tensor) -> torch.Tensor:
-    padded = torch.cat([feats, feats.new_zeros(1, feats.shape[1])])  # row n: empty group -> 0
-    return padded.gather(0, winner)
-
-
-def _pool_map(x: SparseTensor, kernel_size, stride):
+def _pool_map(x: SparseTensor, kernel_size, stride) -> tuple[tuple[int, ...], KernelMap]:
     d = len(x.stride)
-    ks, st = _as_tuple(kernel_size, d), _as_tuple(stride, d)
-    out_stride = x.manager.downsample(x.stride, st)
-    kmap = x.manager.kernel_map(x.stride, out_stride, ks, per_offset=False)
-    return out_stride, kmap, x.manager.coords(out_stride).shape[0]
+    out_stride = x.manager.downsample(x.stride, _as_tuple(stride, d))
+    return out_stride, x.manager.kernel_map(x.stride, out_stride, _as_tuple(kernel_size, d))
+
+
+def _max_over(feats: torch.Tensor, kmap: KernelMap, truncated: bool) -> torch.Tensor:
+    """Max over each output's window; the gradient goes to the (first) winner only."""
+    with torch.no_grad():
+        values, arg = _gather(feats, kmap.table, float("-inf")).max(1)
+        winner = kmap.table.gather(1, arg)  # input row per (output, channel)
+
+    def adjoint(grad: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(kmap.n_in, device=grad.device)
+        if kmap.parent is not None:  # each input has one output: no sum over offsets
+            won = winner.index_select(0, kmap.parent) == rows[:, None]
+            return grad.index_select(0, kmap.parent) * won
+        won = _gather(winner, kmap.table_t, -1) == rows[:, None, None]
+        return (_gather(grad, kmap.table_t) * won).sum(1)
+
+    return _Linear.apply(feats, lambda f: values, adjoint, truncated)
+
+
+def _mean_over(feats: torch.Tensor, kmap: KernelMap, truncated: bool) -> torch.Tensor:
+    """Mean over each output's occupied inputs."""
+    inv_count = 1.0 / kmap.count().clamp(min=1).to(feats.dtype)[:, None]
+
+    def adjoint(grad: torch.Tensor) -> torch.Tensor:
+        scaled = grad * inv_count
+        if kmap.parent is not None:
+            return scaled.index_select(0, kmap.parent)
+        return _gather(scaled, kmap.table_t).sum(1)
+
+    return _Linear.apply(feats, lambda f: _gather(f, kmap.table).sum(1) * inv_count, adjoint, truncated)
 
 
 def max_pool(x: SparseTensor, kernel_size: int | tuple[int, ...] = 2, stride: int | tuple[int, ...] = 2,
              truncated: bool = False) -> SparseTensor:
-    """Max over the *occupied* cells of each window (empty cells are not zeros).
-
-    The winner of each (cell, channel) is found without autograd and its value gathered, so the
-    op is differentiable twice, like a dense max pool (the gradient goes to the winner only).
-    """
-    out_stride, kmap, n_out = _pool_map(x, kernel_size, stride)
-    with torch.no_grad():
-        winner = _winners(x.feats[kmap.in_idx], kmap.in_idx, kmap.out_idx, n_out, x.feats.shape[0])
-    return SparseTensor(_apply(partial(_gather_rows, winner=winner), x.feats, truncated=truncated), out_stride, x.manager)
-
-
-def _mean_feats(feats: torch.Tensor, rows: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
-    summed = feats.new_zeros(n_groups, feats.shape[1]).index_add(0, groups, feats[rows])
-    count = torch.bincount(groups, minlength=n_groups).clamp(min=1).to(feats.dtype)
-    return summed / count[:, None]
+    """Max over the *occupied* cells of each window (empty cells are not zeros)."""
+    out_stride, kmap = _pool_map(x, kernel_size, stride)
+    return SparseTensor(_max_over(x.feats, kmap, truncated), out_stride, x.manager)
 
 
 def avg_pool(x: SparseTensor, kernel_size: int | tuple[int, ...] = 2, stride: int | tuple[int, ...] = 2,
              truncated: bool = False) -> SparseTensor:
     """Mean over the *occupied* cells of each window (MinkowskiEngine's average pooling)."""
-    out_stride, kmap, n_out = _pool_map(x, kernel_size, stride)
-    fn = partial(_mean_feats, rows=kmap.in_idx, groups=kmap.out_idx, n_groups=n_out)
-    return SparseTensor(_apply(fn, x.feats, truncated=truncated), out_stride, x.manager)
+    out_stride, kmap = _pool_map(x, kernel_size, stride)
+    return SparseTensor(_mean_over(x.feats, kmap, truncated), out_stride, x.manager)
 
 
 def global_pool(x: SparseTensor, mode: str = "avg", truncated: bool = False) -> torch.Tensor:
     """Pool every sample's occupied cells to one vector: (batch_size, C). Mode avg|sum|max."""
-    b = x.coords[:, 0]
-    n, rows = x.batch_size, torch.arange(x.feats.shape[0], device=b.device)
+    kmap = x.manager.global_map(x.stride)
     if mode == "max":
+        return _max_over(x.feats, kmap, truncated)
+    out = _mean_over(x.feats, kmap, truncated)
+    return out * kmap.count().clamp(min=1).to(out.dtype)[:, None] if mode == "sum" else out
+
+
+def _per_sample_mean(feats: torch.Tensor, batch: torch.Tensor, inv_count: torch.Tensor) -> torch.Tensor:
+    return feats.new_zeros(inv_count.shape[0], feats.shape[1]).index_add_(0, batch, feats) * inv_count
+
+
+def _normalise(feats: torch.Tensor, batch: torch.Tensor, inv_count: torch.Tensor, eps: float):
+    """(x - mean) / sqrt(var + eps) per sample (biased variance); also returns 1 / std."""
+    centred = feats - _per_sample_mean(feats, batch, inv_count).index_select(0, batch)
+    inv_std = torch.rsqrt(_per_sample_mean(centred * centred, batch, inv_count) + eps)
+    return centred * inv_std.index_select(0, batch), inv_std
+
+
+class _InstanceNorm(torch.autograd.Function):
+    """MinkowskiEngine's instance norm function: one op, analytic backward, no double backward."""
+
+    @staticmethod
+    def forward(ctx, feats, batch, inv_count, eps):
+        out, inv_std = _normalise(feats, batch, inv_count, eps)
+        ctx.save_for_backward(out, inv_std, batch, inv_count)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        out, inv_std, batch, inv_count = ctx.saved_tensors
         with torch.no_grad():
-            winner = _winners(x.feats, rows, b, n, x.feats.shape[0])
-        return _apply(partial(_gather_rows, winner=winner), x.feats, truncated=truncated)
-    if mode == "sum":
-        return _apply(lambda f: f.new_zeros(n, f.shape[1]).index_add(0, b, f), x.feats, truncated=truncated)
-    return _apply(partial(_mean_feats, rows=rows, groups=b, n_groups=n), x.feats, truncated=truncated)
-
-
-def _broadcast(feats: torch.Tensor, per_sample: torch.Tensor, batch: torch.Tensor, op: str) -> torch.Tensor:
-    return feats + per_sample[batch] if op == "add" else feats * per_sample[batch]
+            mean_grad = _per_sample_mean(grad, batch, inv_count).index_select(0, batch)
+            mean_grad_out = _per_sample_mean(grad * out, batch, inv_count).index_select(0, batch)
+            grad_in = (grad - mean_grad - out * mean_grad_out) * inv_std.index_select(0, batch)
+        return grad_in, None, None, None
 
 
 def instance_norm(x: SparseTensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-                  eps: float = 1e-5, truncated: bool = False) -> SparseTensor:
+                  eps: float = 1e-8, truncated: bool = False) -> SparseTensor:
     """Normalise each sample's features over its occupied cells (biased variance), then affine.
 
-    Composed like MinkowskiEngine's instance norm (global means and broadcasts), so that with
-    ``truncated`` the same pieces lose their double backward as they do there.
+    ``eps`` defaults to MinkowskiEngine's (1e-8, not torch's 1e-5), so both engines agree.
+    Truncated, the normalisation is one function without double backward, as MinkowskiEngine's
+    ``MinkowskiInstanceNorm``; the affine is plain PyTorch in both engines.
     """
-    b = x.coords[:, 0]
-    add = partial(_broadcast, batch=b, op="add")
-    neg_mean = -global_pool(x, "avg", truncated=truncated)
-    centred = _apply(add, x.feats, neg_mean, truncated=truncated)
-    var = global_pool(x.replace(centred * centred), "avg", truncated=truncated)
-    inv_std = 1 / torch.sqrt(var + eps)
-    out = _apply(partial(_broadcast, batch=b, op="mul"), centred, inv_std, truncated=truncated)
+    batch = x.coords[:, 0]
+    inv_count = 1.0 / x.manager.global_map(x.stride).count().clamp(min=1).to(x.feats.dtype)[:, None]
+    if truncated:
+        out = _InstanceNorm.apply(x.feats, batch, inv_count, eps)
+    else:
+        out, _ = _normalise(x.feats, batch, inv_count, eps)
     if weight is not None:
         out = out * weight
     if bias is not None:
