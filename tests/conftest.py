@@ -37,3 +37,31 @@ def mnist(mnist_dir):
 def _two_threads():
     # Tests run on a 2-core CI machine; keep torch from oversubscribing it.
     torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray cluster for the whole test session (2 CPUs, no dashboard).
+
+    Yields its GCS address, so drivers started as subprocesses (``--address``) join the same
+    cluster instead of starting another one. ``RAY_TMPDIR`` points at a fresh short folder:
+    Ray's socket paths have a length limit, and test runs must not share Ray's temp files.
+    """
+    import shutil
+    import tempfile
+
+    import ray
+
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    previous = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = ray_tmp
+    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield context.address_info["gcs_address"]
+    finally:
+        ray.shutdown()
+        if previous is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = previous
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -93,6 +93,160 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return _run_and_save(cfg, args, f"baseline-{args.name}-ipc{args.ipc}-seed{cfg.seed}")
 
 
+# Search: search / results / export / report. Ray is imported only inside these commands.
+def _search_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """CLI flags as dotted overrides of the space file, validated with it."""
+    out: dict[str, Any] = {}
+    flags = {"num_samples": "search.num_samples", "seeds": "search.seeds", "concurrency": "search.concurrency",
+             "cpus_per_trial": "search.resources.cpus", "gpus_per_trial": "search.resources.gpus",
+             "preset": "base.preset"}
+    for attr, key in flags.items():
+        if getattr(args, attr) is not None:
+            out[key] = getattr(args, attr)
+    for key, value in parse_assignments(args.set or []).items():
+        out[f"base.set.{key}"] = value
+    return out
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .tune.results import experiment_dir, read_space
+    from .tune.space import load_space, space_from_dict
+    from .tune.tuner import search
+
+    overrides = _search_overrides(args)
+    if args.space is None:
+        if not (args.resume and args.name):
+            raise UserError("give a search space file (e.g. search_spaces/quick.yaml), or --resume --name NAME")
+        stored = read_space(experiment_dir(args.name, args.storage)).to_dict()
+        space = space_from_dict(stored, overrides)
+    else:
+        space = load_space(args.space, overrides)
+    name = args.name or Path(args.space).stem
+    outcome = search(space, name=name, storage=args.storage, data_dir=args.data_dir, address=args.address,
+                     resume=args.resume)
+    df = outcome.results
+    counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()) or "no trials"
+    print(f"\n{name}: {len(df)} of {outcome.total} trials ({counts}) in {outcome.seconds:.0f} s")
+    from .tune.results import leaderboard
+
+    best = leaderboard(df, 5)
+    if not best.empty:
+        print("best trials (accuracies in %):")
+        print(_table(best, df.attrs["params"]))
+    storage = f" --storage {args.storage}" if args.storage else ""
+    if outcome.interrupted:
+        space_arg = f"{args.space} " if args.space else ""
+        print(f"interrupted: resume with  tune-distill search {space_arg}--name {name}{storage} --resume", file=sys.stderr)
+        return 130
+    print(f"read:   tune-distill results {name}{storage}\nexport: tune-distill export {name}{storage}"
+          f"\nreport: tune-distill report {name}{storage}")
+    return 0
+
+
+def _table(df: Any, params: list[str], group: bool = False) -> str:
+    """A readable table: accuracies in %, paths left out."""
+    shown = df.copy()
+    if group:
+        shown[["mean", "std"]] = (100 * shown[["mean", "std"]]).round(2)
+    else:
+        cols = ["trial", "status", *params, "seeds_done", "acc_mean", "acc_std", "acc_min", "objective", "seconds"]
+        if shown["error"].notna().any():
+            cols.append("error")
+        shown = shown[cols]
+        for c in ("acc_mean", "acc_std", "acc_min", "objective"):
+            shown[c] = (100 * shown[c]).round(2)
+        shown["seconds"] = shown["seconds"].round(1)
+    return shown.to_string(index=False, na_rep="")
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from .tune.results import filter_rows, group_objective, leaderboard, load_results, to_markdown
+
+    df = load_results(args.name, args.storage)
+    params = df.attrs["params"]
+    if args.where:
+        df = filter_rows(df, args.where)
+    group = [c.strip() for c in args.group_by.split(",") if c.strip()] if args.group_by else []
+    if group:
+        out = group_objective(df, group)
+    else:
+        scored = leaderboard(df)
+        out = scored.head(args.top) if args.top else scored
+        if not args.top:  # every trial: the unscored (errored, pending) after the ranked ones
+            out = df.loc[list(scored.index) + [i for i in df.index if i not in scored.index]]
+    if args.format == "csv":
+        print(out.to_csv(index=False), end="")
+    elif args.format == "json":
+        print(out.to_json(orient="records", indent=1))
+    elif args.format == "markdown":
+        shown = out if group else out[[c for c in out.columns if c not in ("trial_dir", "synthetic")]]
+        print(to_markdown(shown))
+    else:
+        if out.empty:
+            print("no trials match" if args.where else "no trials yet")
+        else:
+            print(("objective per group (in %):\n" if group else "accuracies in %:\n") + _table(out, params, group))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .tune.export import export
+
+    out = export(args.name, top=args.top, out=args.out, storage=args.storage)
+    print(f"wrote {out}/: leaderboard.csv and {len([p for p in out.iterdir() if p.is_dir()])} trial folder(s) "
+          "(synthetic.npz, synthetic.png, config.yaml, metrics.json, ply/)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .tune.report import report
+
+    out = report(args.name, out=args.out, storage=args.storage)
+    print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
+    return 0
+
+
+def _add_search_commands(sub: Any) -> None:
+    storage_help = "folder holding experiments (default: results)"
+    p = sub.add_parser("search", help="a hyperparameter search (Ray Tune + Optuna) over a YAML search space")
+    p.add_argument("space", nargs="?", help="search space file, e.g. search_spaces/quick.yaml")
+    p.add_argument("--name", help="experiment name (default: the space file's name); an existing one is resumed")
+    p.add_argument("--num-samples", type=int, help="number of trials (not for grid search)")
+    p.add_argument("--seeds", type=int, help="seeds per trial")
+    p.add_argument("--concurrency", type=int, help="trials at once")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (also its torch threads)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractions share a GPU)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="replace the space's base preset")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="fix a config key in the base (repeatable)")
+    p.add_argument("--address", help="join this Ray cluster (auto, or host:port) instead of starting one")
+    p.add_argument("--storage", metavar="DIR", help=storage_help)
+    p.add_argument("--resume", action="store_true", help="resume the experiment --name (error if it does not exist)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with the MNIST files (else $TUNE_DISTILL_DATA, else a cache)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("results", help="an experiment's trials as a table (or csv/json/markdown)")
+    p.add_argument("name", help="experiment name (or folder)")
+    p.add_argument("--top", type=int, help="only the K best trials")
+    p.add_argument("--group-by", metavar="COL[,COL]", help="mean/std/count of the objective per group")
+    p.add_argument("--where", metavar="EXPR", help="filter rows, pandas query syntax, e.g. \"depth == 2 and status == 'done'\"")
+    p.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
+    p.add_argument("--storage", metavar="DIR", help=storage_help)
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("export", help="the best trials' synthetic sets (npz, png, ply) and a leaderboard.csv")
+    p.add_argument("name", help="experiment name (or folder)")
+    p.add_argument("--top", type=int, default=5, help="how many trials (default 5)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: exports/<name>)")
+    p.add_argument("--storage", metavar="DIR", help=storage_help)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="plots (PNG) and a markdown summary of an experiment")
+    p.add_argument("name", help="experiment name (or folder)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: <experiment>/report)")
+    p.add_argument("--storage", metavar="DIR", help=storage_help)
+    p.set_defaults(func=cmd_report)
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named preset (default: quick)")
     p.add_argument("--config", metavar="FILE", help="a config.yaml (e.g. one a run wrote)")
@@ -122,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ipc", type=int, default=1, help="clouds per class (default 1)")
     _add_run_options(p)
     p.set_defaults(func=cmd_baseline)
+
+    _add_search_commands(sub)
     return parser
 
 

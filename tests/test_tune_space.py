@@ -1,0 +1,126 @@
+"""Search spaces and results without Ray: the shipped spaces, one-line errors, the objective, names."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tune_distill import UserError, load_results
+from tune_distill.cli import main
+from tune_distill.tune import load_space, space_from_dict
+from tune_distill.tune.objective import summarize
+from tune_distill.tune.results import BASE_FILE, SPACE_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_spaces_are_valid():
+    paper = load_space(REPO / "search_spaces" / "paper.yaml")
+    assert paper.search.algorithm == "grid" and paper.base.preset == "paper-sparse"
+    assert {k: d.choice for k, d in paper.params.items()} == {
+        "family": ["sparse", "dense"], "depth": [2, 3, 4],
+        "distance": ["sum_of_squares", "layerwise_cosine"], "pooling": ["max", "avg"]}
+    assert paper.num_trials == 24
+    sens = load_space(REPO / "search_spaces" / "sensitivity.yaml")
+    assert sens.search.algorithm == "optuna" and sens.params["lr"].kind == "loguniform"
+    assert {"depth", "pooling", "distance", "lr", "momentum", "optimizer", "init", "points", "network",
+            "width"} <= set(sens.params)
+    quick = load_space(REPO / "search_spaces" / "quick.yaml")
+    assert quick.search.resources.gpus == 0 and quick.search.concurrency == 2
+    assert quick.base_values()["eval_split"] == "val"  # the objective never sees the test set
+    # A GPU-sized space runs on a CPU with overrides, validated like the file itself.
+    cpu = load_space(REPO / "search_spaces" / "sensitivity.yaml",
+                     {"search.resources.gpus": 0, "base.preset": "quick", "base.set.iterations": 5})
+    assert cpu.base_values()["iterations"] == 5
+
+
+def test_seeds_and_searcher_seed_come_from_the_experiment_seed():
+    space = space_from_dict({"params": {"depth": {"choice": [2, 3]}}, "search": {"seed": 7, "seeds": 3}})
+    assert space.seeds == [7, 8, 9] and space.searcher_seed == 7
+    assert space.search.seeds == 3 and space_from_dict({"params": {"depth": {"choice": [2]}}}).seeds == [0, 1, 2]
+    cfg = space.trial_config({"depth": 3}, seed=8)
+    assert cfg.depth == 3 and cfg.seed == 8
+    assert space_from_dict(space.to_dict()) == space  # what an experiment stores reads back equal
+
+
+BAD = [
+    ({"params": {"dept": {"choice": [2]}}}, "params.dept", "did you mean 'depth'"),
+    ({"params": {"depth": {"choice": []}}}, "params.depth", "at least one value"),
+    ({"params": {"depth": {"choice": [2, 9]}}}, "params.depth", "9"),
+    ({"params": {"pooling": {"choice": ["max", "mean"]}}}, "params.pooling", "max, avg"),
+    ({"params": {"lr": {"loguniform": [0, 1]}}}, "params.lr", "low > 0"),
+    ({"params": {"lr": {"loguniform": [0.1, 5000]}}}, "params.lr", "5000"),
+    ({"params": {"lr": {"uniform": [0.5, 0.1]}}}, "params.lr", "low < high"),
+    ({"params": {"lr": {"normal": [0.1, 1]}}}, "params.lr.normal", "uniform"),
+    ({"params": {"depth": {"uniform": [2, 4]}}}, "params.depth", "int: [low, high]"),
+    ({"params": {"seed": {"choice": [1, 2]}}}, "params.seed", "search.seed"),
+    ({"params": {"threshold": {"choice": [50, 75]}}}, "params.threshold", "loaded once"),
+    ({"params": {"eval_split": {"choice": ["test", "val"]}}}, "params.eval_split", "val_size"),
+    ({"params": {"depth": {"choice": [2]}}, "search": {"algorithm": "bayes"}}, "search.algorithm", "optuna"),
+    ({"params": {"depth": {"choice": [2]}}, "search": {"schedulr": "asha"}}, "search.schedulr", "scheduler"),
+    ({"params": {"lr": {"uniform": [0.1, 0.5]}}, "search": {"algorithm": "grid"}}, "params.lr", "choice"),
+    ({"params": {"depth": {"choice": [2]}}, "base": {"preset": "fast"}}, "base.preset", "quick"),
+    ({"params": {"depth": {"choice": [2]}}, "base": {"set": {"widht": 8}}}, "base.set", "width"),
+    ({"params": {"depth": {"choice": [2]}}, "base": {"set": {"depth": 3}}}, "params.depth", "both"),
+    ({"params": {"depth": {"choice": [2]}}, "search": {"resources": {"gpus": 1}}}, "gpus", "device"),
+    ({"params": {"depth": {"choice": [2]}}, "search": {"seeds": 0}}, "search.seeds", "greater"),
+]
+
+
+@pytest.mark.parametrize("raw,key,allowed", BAD, ids=[b[1] + ":" + b[2] for b in BAD])
+def test_bad_space_is_one_line_naming_key_and_allowed(raw, key, allowed):
+    with pytest.raises(UserError) as err:
+        space_from_dict(raw)
+    message = str(err.value)
+    assert "\n" not in message and key in message and allowed in message
+
+
+def test_bad_space_file_from_the_cli_exits_2_before_ray(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"params": {"depth": {"choice": [2, 3]}, "pooling": {"choice": []}}}))
+    assert main(["search", str(bad), "--storage", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "params.pooling" in err and "bad.yaml" in err
+    assert not (tmp_path / "results").exists()  # nothing written
+    assert main(["search", str(tmp_path / "missing.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+    # A flag is validated like the file: a grid cannot take --num-samples.
+    good = tmp_path / "grid.yaml"
+    good.write_text(yaml.safe_dump({"params": {"depth": {"choice": [2, 3]}}, "search": {"algorithm": "grid"}}))
+    assert main(["search", str(good), "--num-samples", "5"]) == 2
+    assert "num_samples" in capsys.readouterr().err
+
+
+def test_objective_summary():
+    s = summarize([0.5, 0.7], "robust", robust_k=2.0)
+    assert s["acc_mean"] == pytest.approx(0.6) and s["acc_std"] == pytest.approx(0.1)
+    assert s["acc_min"] == 0.5 and s["objective"] == pytest.approx(0.4)
+    assert summarize([0.5, 0.7], "acc_min")["objective"] == 0.5
+    assert summarize([0.5, 0.7], "acc_mean")["objective"] == pytest.approx(0.6)
+    assert math.isnan(summarize([], "acc_mean")["objective"])
+
+
+def test_unknown_experiment_names_are_one_line_errors_listing_what_exists(tmp_path, capsys):
+    storage = tmp_path / "results"
+    for command in (["results", "nope"], ["export", "nope"], ["report", "nope"]):
+        assert main([*command, "--storage", str(storage)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "'nope'" in err and "none exist yet" in err
+    # An experiment that exists but has no trial yet: an empty frame with the documented columns.
+    space = space_from_dict({"params": {"depth": {"choice": [2, 3]}}, "search": {"seeds": 2}})
+    (storage / "started").mkdir(parents=True)
+    (storage / "started" / BASE_FILE).write_text(yaml.safe_dump(space.base_values()))
+    (storage / "started" / SPACE_FILE).write_text(yaml.safe_dump(space.to_dict()))
+    df = load_results("started", storage=storage)
+    assert df.empty and list(df.columns) == [
+        "trial", "trial_id", "status", "depth", "seeds_done", "acc_seed0", "acc_seed1", "acc_mean", "acc_std",
+        "acc_min", "objective", "best_seed", "seconds", "split", "synthetic", "error", "trial_dir"]
+    assert main(["results", "nope", "--storage", str(storage)]) == 2
+    assert "existing: started" in capsys.readouterr().err
+    assert main(["export", "started", "--storage", str(storage)]) == 2
+    assert "no trial with a finished seed" in capsys.readouterr().err
+    assert main(["search", "--resume", "--name", "other", "--storage", str(storage)]) == 2
+    assert "existing: started" in capsys.readouterr().err

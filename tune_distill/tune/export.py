@@ -1,0 +1,118 @@
+"""Exporting an experiment's best synthetic sets: npz + png + config + metrics, PLY clouds, a leaderboard.
+
+For each of the top trials (by objective) the best seed's run folder, as the trainable wrote it
+with ``artifacts.save_run``, is copied into ``<out>/<rank>_trial<n>/`` (``synthetic.npz``,
+``synthetic.png``, ``config.yaml``, ``metrics.json`` with a ``search`` section added,
+``history.csv``), and every cloud is written as a binary PLY file ``ply/class<label>_<k>.ply``
+with ``plyfile``. ``<out>/leaderboard.csv`` ranks every trial that has an objective.
+
+PLY axes: the engine's grid coordinates are (depth, height, width); a viewer wants the digit
+upright, so x = width, y = -height, z = depth (each file's header says so).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..artifacts import load_synthetic
+from ..errors import UserError
+from .results import leaderboard, load_results
+
+EXPORT_DIR_RE = re.compile(r"^\d{2,}_trial\d+$")
+PLY_COMMENT = "tune_distill synthetic cloud; x = width, y = -height, z = depth (grid cells)"
+
+
+def write_ply(path: Path, points: np.ndarray, comment: str = "") -> None:
+    """One cloud (P, D) of grid coordinates as a binary little-endian PLY of float32 vertices."""
+    from plyfile import PlyData, PlyElement
+
+    pts = np.asarray(points, dtype=np.float32)
+    if pts.ndim != 2 or pts.shape[1] not in (2, 3):
+        raise ValueError(f"expected (P, 2) or (P, 3) points, got {pts.shape}")
+    if pts.shape[1] == 2:  # (height, width)
+        pts = np.concatenate([np.zeros_like(pts[:, :1]), pts], axis=1)
+    vertex = np.empty(len(pts), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4")])
+    vertex["x"], vertex["y"], vertex["z"] = pts[:, 2], -pts[:, 1], pts[:, 0]
+    comments = [PLY_COMMENT] + ([comment] if comment else [])
+    PlyData([PlyElement.describe(vertex, "vertex")], byte_order="<", comments=comments).write(str(path))
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe scalars (numpy types, NaN -> None)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def export_trial(row: pd.Series, params: list[str], out: Path, experiment: str) -> Path:
+    """Copy one trial's best seed into ``out`` and add its PLY clouds; returns ``out``."""
+    npz = Path(row["synthetic"])
+    seed_folder = npz.parent
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("synthetic.npz", "synthetic.png", "config.yaml", "history.csv"):
+        if (seed_folder / name).exists():
+            shutil.copy2(seed_folder / name, out / name)
+    metrics = json.loads((seed_folder / "metrics.json").read_text()) if (seed_folder / "metrics.json").exists() else {}
+    seeds = [c for c in row.index if c.startswith("acc_seed")]
+    metrics["search"] = {
+        "experiment": experiment, "trial": _plain(row["trial"]), "trial_id": row["trial_id"],
+        "status": row["status"], "objective": _plain(row["objective"]),
+        "acc_mean": _plain(row["acc_mean"]), "acc_std": _plain(row["acc_std"]), "acc_min": _plain(row["acc_min"]),
+        "per_seed": {c.removeprefix("acc_"): _plain(row[c]) for c in seeds},
+        "exported_seed": _plain(row["best_seed"]), "params": {p: _plain(row[p]) for p in params},
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    points, labels = load_synthetic(out / "synthetic.npz")
+    ply_dir = out / "ply"
+    ply_dir.mkdir(exist_ok=True)
+    counts: dict[int, int] = {}
+    for cloud, label in zip(points, labels.tolist()):
+        k = counts.get(label, 0)
+        counts[label] = k + 1
+        write_ply(ply_dir / f"class{label}_{k}.ply", cloud, comment=f"class {label}, cloud {k}")
+    return out
+
+
+def export(name_or_path: str | os.PathLike, top: int = 5, out: str | os.PathLike | None = None,
+           storage: str | os.PathLike | None = None) -> Path:
+    """Export the ``top`` trials of an experiment into ``out`` (default ``exports/<name>``).
+
+    Raises:
+        UserError: no such experiment, or no trial with a finished seed yet.
+    """
+    if top < 1:
+        raise UserError(f"--top must be at least 1 (got {top})")
+    df = load_results(name_or_path, storage)
+    experiment = Path(df.attrs["experiment"])
+    ranked = leaderboard(df)
+    ranked = ranked[ranked["synthetic"].notna()]
+    if ranked.empty:
+        counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()) or "no trials"
+        raise UserError(f"experiment {experiment.name!r} has no trial with a finished seed yet ({counts})")
+    out_dir = Path(out) if out is not None else Path("exports") / experiment.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.iterdir():  # a previous export of this experiment: replaced, not mixed in
+        if old.is_dir() and EXPORT_DIR_RE.match(old.name):
+            shutil.rmtree(old)
+    width = max(2, len(str(len(ranked))))
+    exported: dict[str, str] = {}
+    for rank, (_, row) in enumerate(ranked.head(top).iterrows(), start=1):
+        folder = out_dir / f"{rank:0{width}d}_trial{row['trial']}"
+        export_trial(row, df.attrs["params"], folder, str(experiment))
+        exported[row["trial_id"]] = folder.name
+    board = ranked.drop(columns=["trial_dir"]).copy()
+    board.insert(0, "rank", range(1, len(board) + 1))
+    board["export_dir"] = board["trial_id"].map(exported)
+    board.to_csv(out_dir / "leaderboard.csv", index=False)
+    return out_dir

@@ -1,0 +1,209 @@
+"""``tune-distill report``: plots and a markdown summary of one experiment.
+
+Writes into ``<out>`` (default ``<experiment>/report/``):
+
+- ``objective_by_param.png``: the objective of every scored trial against each hyperparameter
+  (points per category, or a scatter on a log axis for ``loguniform``);
+- ``importances.png``: Optuna's parameter importances of the objective (its default evaluator,
+  PED-ANOVA: how much each hyperparameter decides whether a trial lands among the best), computed
+  from the results for any algorithm (grid and random too);
+- ``seeds.png``: the accuracy of every seed of the best trials, with their mean and std, which
+  shows how much of a difference between trials is seed noise;
+- ``summary.md``: counts, the best trial, the leaderboard, the objective per hyperparameter value,
+  the importances and the errors.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .results import group_objective, leaderboard, load_results, to_markdown
+from .space import SearchSpace, space_from_dict
+from .util import quiet_loggers
+
+TOP_SEEDS_PLOTTED = 20
+
+
+def _figure(width: float, height: float) -> Any:
+    # A bare Figure (no pyplot): nothing global is touched, nothing needs a display.
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100)
+
+
+def importances(df: pd.DataFrame, space: SearchSpace) -> dict[str, float]:
+    """Optuna's parameter importances of the objective over the scored trials ({} if too few)."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    scored = df[df["objective"].notna()]
+    varying = [p for p in space.params if scored[p].nunique(dropna=False) > 1]
+    if len(scored) < 2 or not varying:
+        return {}
+    dists: dict[str, Any] = {}
+    for p in varying:
+        d = space.params[p]
+        if d.kind == "choice":
+            dists[p] = CategoricalDistribution(list(d.choice))
+        elif d.kind == "int":
+            dists[p] = IntDistribution(*d.bounds, step=d.step or 1)
+        else:
+            dists[p] = FloatDistribution(*d.bounds, log=d.kind == "loguniform")
+    with quiet_loggers(("optuna",)), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. "quantiles select the same set of trials" for tiny studies
+        study = optuna.create_study(direction="maximize" if space.search.mode == "max" else "minimize",
+                                    storage=optuna.storages.InMemoryStorage())
+        for _, row in scored.iterrows():
+            params = {p: _native(row[p]) for p in varying}
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(row["objective"])))
+        try:
+            # Optuna's default evaluator (PED-ANOVA; fANOVA would need scikit-learn).
+            return dict(optuna.importance.get_param_importances(study))
+        except (RuntimeError, ValueError):  # e.g. too few distinct values
+            return {}
+
+
+def _native(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def plot_objective_by_param(df: pd.DataFrame, space: SearchSpace, path: Path) -> None:
+    scored = df[df["objective"].notna()]
+    params = list(space.params)
+    cols = min(3, max(1, len(params)))
+    rows = max(1, math.ceil(len(params) / cols))
+    fig = _figure(4.2 * cols, 3.2 * rows)
+    rng = np.random.default_rng(0)  # jitter only
+    for i, p in enumerate(params):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        d = space.params[p]
+        y = 100 * scored["objective"].to_numpy(dtype=float)
+        if d.kind == "choice":
+            labels = [str(c) for c in d.choice]
+            pos = {c: k for k, c in enumerate(labels)}
+            x = np.array([pos.get(str(v), -1) for v in scored[p]], dtype=float)
+            ax.scatter(x + rng.uniform(-0.12, 0.12, len(x)), y, s=18, alpha=0.7)
+            means = [np.mean(y[x == k]) if np.any(x == k) else np.nan for k in range(len(labels))]
+            ax.scatter(range(len(labels)), means, marker="_", s=600, color="black", label="mean")
+            ax.set_xticks(range(len(labels)), labels, rotation=30 if max(map(len, labels)) > 6 else 0)
+        else:
+            ax.scatter(scored[p].to_numpy(dtype=float), y, s=18, alpha=0.7)
+            if d.kind == "loguniform":
+                ax.set_xscale("log")
+        ax.set_xlabel(p)
+        ax.set_ylabel(f"objective ({space.search.objective}) %")
+        ax.grid(alpha=0.3)
+    fig.suptitle("objective per hyperparameter")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot_importances(values: dict[str, float], path: Path) -> None:
+    names = list(values)[::-1]
+    fig = _figure(6, 0.45 * len(names) + 1.2)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.barh(names, [values[n] for n in names])
+    ax.set_xlabel("importance (Optuna PED-ANOVA)")
+    ax.set_title("hyperparameter importances")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot_seeds(df: pd.DataFrame, path: Path) -> None:
+    ranked = leaderboard(df, TOP_SEEDS_PLOTTED)
+    seed_cols = [c for c in df.columns if c.startswith("acc_seed")]
+    fig = _figure(max(6, 0.45 * len(ranked) + 2), 4)
+    ax = fig.add_subplot(1, 1, 1)
+    for k, (_, row) in enumerate(ranked.iterrows()):
+        accs = 100 * row[seed_cols].to_numpy(dtype=float)
+        accs = accs[~np.isnan(accs)]
+        ax.scatter(np.full(len(accs), k), accs, s=16, color="tab:blue", alpha=0.8)
+        ax.errorbar(k, 100 * row["acc_mean"], yerr=100 * row["acc_std"], fmt="_", color="black", capsize=4)
+    ax.set_xticks(range(len(ranked)), [f"#{t}" for t in ranked["trial"]], rotation=90)
+    ax.set_xlabel("trial (best first)")
+    ax.set_ylabel("accuracy per seed %")
+    ax.set_title("accuracy across seeds (mean ± std)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def _pct(v: Any) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * float(v):.2f}"
+
+
+def write_summary(df: pd.DataFrame, space: SearchSpace, imps: dict[str, float], images: list[str], path: Path) -> None:
+    name = Path(df.attrs["experiment"]).name
+    s = space.search
+    counts = ", ".join(f"{n} {st}" for st, n in df["status"].value_counts().items()) or "none"
+    lines = [f"# Search report: {name}", "",
+             f"- space: algorithm **{s.algorithm}**, objective **{s.objective}**"
+             + (f" (k = {s.robust_k:g})" if s.objective == "robust" else "")
+             + f", {s.seeds} seeds per trial {space.seeds}, scheduler {s.scheduler}",
+             f"- base: preset {space.base.preset}, fixed {space.base.set or '{}'}",
+             f"- trials: {len(df)} of {space.num_trials} ({counts}); compute {df['seconds'].sum():.0f} s "
+             f"(sum of the trials' seed runs)",
+             f"- accuracies measured on the **{df['split'].iloc[0] if len(df) else 'test'}** split", ""]
+    ranked = leaderboard(df)
+    params = list(space.params)
+    if not ranked.empty:
+        best = ranked.iloc[0]
+        seed_cols = [c for c in df.columns if c.startswith("acc_seed")]
+        per_seed = ", ".join(_pct(best[c]) for c in seed_cols if not pd.isna(best[c]))
+        lines += ["## Best trial", "",
+                  f"Trial #{best['trial']}: " + ", ".join(f"{p}={best[p]}" for p in params), "",
+                  f"objective {_pct(best['objective'])}, accuracy {_pct(best['acc_mean'])} ± {_pct(best['acc_std'])} % "
+                  f"over {best['seeds_done']} seeds (per seed: {per_seed}; min {_pct(best['acc_min'])})", ""]
+        table = ranked.head(10)[["trial", "status", *params, "seeds_done", "acc_mean", "acc_std", "acc_min", "objective"]].copy()
+        for c in ("acc_mean", "acc_std", "acc_min", "objective"):
+            table[c] = (100 * table[c]).round(2)
+        lines += ["## Leaderboard (top 10, accuracies in %)", "", to_markdown(table), ""]
+        lines += ["## Objective per hyperparameter value (mean, std, count; in %)", ""]
+        for p in params:
+            g = group_objective(df, [p])
+            g[["mean", "std"]] = (100 * g[["mean", "std"]]).round(2)
+            lines += [f"### {p}", "", to_markdown(g), ""]
+    if imps:
+        lines += ["## Importances (Optuna, PED-ANOVA)", "", to_markdown(pd.DataFrame(
+            {"hyperparameter": list(imps), "importance": [round(v, 3) for v in imps.values()]})), ""]
+    errors = df[df["status"] == "error"]
+    if not errors.empty:
+        lines += ["## Errored trials", ""]
+        lines += [f"- #{r['trial']} ({', '.join(f'{p}={r[p]}' for p in params)}): {r['error']}" for _, r in errors.iterrows()]
+        lines += [""]
+    if images:
+        lines += ["## Plots", ""] + [f"![{Path(i).stem}]({i})" for i in images] + [""]
+    path.write_text("\n".join(lines))
+
+
+def report(name_or_path: str | os.PathLike, out: str | os.PathLike | None = None,
+           storage: str | os.PathLike | None = None) -> Path:
+    """Write the plots and ``summary.md`` of an experiment; returns the folder.
+
+    Raises:
+        UserError: no such experiment.
+    """
+    df = load_results(name_or_path, storage)
+    space = space_from_dict(df.attrs["space"])
+    out_dir = Path(out) if out is not None else Path(df.attrs["experiment"]) / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images: list[str] = []
+    if df["objective"].notna().any():
+        if space.params:
+            plot_objective_by_param(df, space, out_dir / "objective_by_param.png")
+            images.append("objective_by_param.png")
+        plot_seeds(df, out_dir / "seeds.png")
+        images.append("seeds.png")
+    imps = importances(df, space)
+    if imps:
+        plot_importances(imps, out_dir / "importances.png")
+        images.insert(1 if "objective_by_param.png" in images else 0, "importances.png")
+    write_summary(df, space, imps, images, out_dir / "summary.md")
+    return out_dir

@@ -1,0 +1,245 @@
+"""Reading experiments back: ``load_results(name) -> pandas.DataFrame``, one row per trial.
+
+An experiment folder (``results/<name>/`` by default) holds Tune's own files (experiment state,
+searcher state, one ``trial_<id>/`` folder per trial with its latest checkpoint), our
+``space.yaml`` (the validated space, CLI overrides applied) and ``base_config.yaml`` (the
+resolved config every trial starts from), and, for algorithm optuna, ``optuna.db`` (the study).
+
+The DataFrame's columns, in order:
+
+=================  ===========================================================================
+``trial``          1, 2, ... in the order Tune created the trials
+``trial_id``       Tune's trial id
+``status``         ``done`` (every seed ran), ``stopped`` (the scheduler stopped it early),
+                   ``error``, ``running`` / ``pending`` (a live or interrupted search)
+*hyperparameters*  one column per searched key of ``params``
+``seeds_done``     seeds finished
+``acc_seed<i>``    accuracy of the i-th seed (mean over its evaluation models); NaN if not run
+``acc_mean``       mean over finished seeds; ``acc_std`` their (population) std; ``acc_min``
+``objective``      the space's objective (acc_mean, robust or acc_min) over finished seeds
+``best_seed``      the seed whose synthetic set scored best
+``seconds``        wall-clock seconds of the finished seeds' runs
+``split``          where accuracies were measured: ``test`` or ``val``
+``synthetic``      path of the best seed's ``synthetic.npz``
+``error``          the exception line of an errored trial
+``trial_dir``      the trial's folder
+=================  ===========================================================================
+
+Reading needs no running Ray cluster (Ray's ``ExperimentAnalysis`` only parses files).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from ..errors import UserError
+from .objective import summarize
+from .space import SearchSpace, space_from_dict
+
+DEFAULT_STORAGE = "results"
+SPACE_FILE = "space.yaml"
+BASE_FILE = "base_config.yaml"
+STUDY_FILE = "optuna.db"
+STATE_FILE = "trial.json"  # written by the trainable into every checkpoint
+
+FIXED_COLUMNS = ["trial", "trial_id", "status"]
+SUMMARY_COLUMNS = ["seeds_done", "acc_mean", "acc_std", "acc_min", "objective", "best_seed", "seconds",
+                   "split", "synthetic", "error", "trial_dir"]
+
+
+# Finding experiments ---------------------------------------------------------------------
+def storage_dir(storage: str | os.PathLike | None) -> Path:
+    return Path(storage if storage is not None else DEFAULT_STORAGE)
+
+
+def list_experiments(storage: str | os.PathLike | None = None) -> list[str]:
+    """Names of the experiments under ``storage`` (folders holding a ``space.yaml``)."""
+    root = storage_dir(storage)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / SPACE_FILE).is_file())
+
+
+def experiment_dir(name_or_path: str | os.PathLike, storage: str | os.PathLike | None = None) -> Path:
+    """The folder of an experiment given by name (under ``storage``) or by path.
+
+    Raises ``UserError`` listing the experiments that exist when there is no such experiment.
+    """
+    as_path = Path(name_or_path)
+    if (as_path / SPACE_FILE).is_file():
+        return as_path
+    candidate = storage_dir(storage) / str(name_or_path)
+    if (candidate / SPACE_FILE).is_file():
+        return candidate
+    existing = list_experiments(storage)
+    where = storage_dir(storage)
+    listed = f"existing: {', '.join(existing)}" if existing else "none exist yet (start one with tune-distill search SPACE.yaml)"
+    raise UserError(f"no experiment {str(name_or_path)!r} under {where}/; {listed}")
+
+
+def read_space(exp_dir: Path) -> SearchSpace:
+    """The validated space an experiment was started with."""
+    return space_from_dict(yaml.safe_load((exp_dir / SPACE_FILE).read_text()) or {})
+
+
+def read_base(exp_dir: Path) -> dict[str, Any]:
+    return yaml.safe_load((exp_dir / BASE_FILE).read_text())
+
+
+def error_line(text: str) -> str:
+    """The exception line (``Type: message``) of a Ray error file or a traceback."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        head = ln.split(":", 1)[0]
+        if head and " " not in head and ":" in ln and (head.endswith(("Error", "Exception", "Interrupt")) or "." in head):
+            return ln
+    return lines[-1] if lines else "unknown error"
+
+
+# Reading trials ----------------------------------------------------------------------------
+def latest_state(trial_dir: Path) -> tuple[Path | None, dict]:
+    """(checkpoint folder, its ``trial.json``) of a trial's newest readable checkpoint."""
+    for ckpt in sorted(trial_dir.glob("checkpoint_*"), reverse=True):
+        try:
+            return ckpt, json.loads((ckpt / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+    return None, {}
+
+
+def creation_order(trials: list) -> list:
+    """Tune trials sorted by creation: their ``experiment_tag`` starts with Tune's counter."""
+    def counter(t: Any) -> int:
+        head = str(getattr(t, "experiment_tag", "")).split("_", 1)[0]
+        return int(head) if head.isdigit() else 1 << 30
+
+    return sorted(trials, key=counter)
+
+
+def _tune_trials(exp_dir: Path) -> list[tuple[str, str, dict]]:
+    """(trial_id, Tune status, params) of every trial in Tune's experiment state, oldest first."""
+    if not any(exp_dir.glob("experiment_state-*.json")):
+        return []
+    import warnings
+
+    from ray.tune import ExperimentAnalysis
+
+    from .util import quiet_loggers
+
+    try:
+        # Quiet: Ray warns about every trial that has no result yet (pending, errored at start).
+        with warnings.catch_warnings(), quiet_loggers(("ray.tune",)):
+            warnings.simplefilter("ignore")
+            analysis = ExperimentAnalysis(str(exp_dir.resolve()))
+    except Exception as exc:  # Ray's own reading failed: say where, in one line
+        raise UserError(f"cannot read the experiment state in {exp_dir} ({type(exc).__name__}: {exc})") from None
+    return [(t.trial_id, t.status, dict(t.config)) for t in creation_order(analysis.trials)]
+
+
+def _status(tune_status: str, seeds_done: int, seeds: int) -> str:
+    if tune_status == "TERMINATED":
+        return "done" if seeds_done >= seeds else "stopped"
+    if tune_status == "ERROR":
+        return "error"
+    return "running" if tune_status == "RUNNING" else "pending"
+
+
+def load_results(name_or_path: str | os.PathLike, storage: str | os.PathLike | None = None) -> pd.DataFrame:
+    """One row per trial of an experiment (columns in this module's docstring).
+
+    Args:
+        name_or_path: an experiment name (looked up under ``storage``) or an experiment folder.
+        storage: the folder holding experiments; default ``results`` (relative to the current
+            directory), as for ``tune-distill search``.
+
+    Returns:
+        A DataFrame ordered by trial number; ``df.attrs`` holds ``experiment`` (the folder),
+        ``space`` (the space as a mapping) and ``params`` (the hyperparameter columns).
+
+    Raises:
+        UserError: no such experiment (the message lists those that exist).
+    """
+    exp_dir = experiment_dir(name_or_path, storage)
+    space = read_space(exp_dir)
+    params = list(space.params)
+    n_seeds = space.search.seeds
+    split = (read_base(exp_dir) if (exp_dir / BASE_FILE).is_file() else space.base_values()).get("eval_split", "test")
+    rows = []
+    for number, (trial_id, tune_status, config) in enumerate(_tune_trials(exp_dir), start=1):
+        trial_dir = exp_dir / f"trial_{trial_id}"
+        ckpt, state = latest_state(trial_dir)
+        finished = state.get("finished", [])
+        summary = summarize([f["acc"] for f in finished], space.search.objective, space.search.robust_k)
+        row: dict[str, Any] = {"trial": number, "trial_id": trial_id,
+                               "status": _status(tune_status, len(finished), n_seeds)}
+        row.update({p: config.get(p) for p in params})
+        row["seeds_done"] = len(finished)
+        by_index = {f["index"]: f["acc"] for f in finished}
+        row.update({f"acc_seed{i}": by_index.get(i, math.nan) for i in range(n_seeds)})
+        row.update(summary)
+        best = max(finished, key=lambda f: f["acc"]) if finished else None
+        row["best_seed"] = best["seed"] if best else None
+        row["seconds"] = float(sum(f["seconds"] for f in finished))
+        row["split"] = split
+        row["synthetic"] = str(ckpt / best["dir"] / "synthetic.npz") if best and ckpt else None
+        error_file = trial_dir / "error.txt"
+        row["error"] = error_line(error_file.read_text()) if tune_status == "ERROR" and error_file.is_file() else None
+        row["trial_dir"] = str(trial_dir)
+        rows.append(row)
+    columns = (FIXED_COLUMNS + params + ["seeds_done"] + [f"acc_seed{i}" for i in range(n_seeds)]
+               + SUMMARY_COLUMNS[1:])
+    df = pd.DataFrame(rows, columns=columns)
+    df = df.sort_values("trial", kind="stable").reset_index(drop=True)
+    df.attrs.update(experiment=str(exp_dir), space=space.to_dict(), params=params)
+    return df
+
+
+def leaderboard(df: pd.DataFrame, top: int | None = None) -> pd.DataFrame:
+    """Trials with an objective, best first (by the space's mode), optionally the first ``top``."""
+    mode = df.attrs.get("space", {}).get("search", {}).get("mode", "max")
+    ranked = df[df["objective"].notna()].sort_values("objective", ascending=(mode == "min"), kind="stable")
+    return ranked.head(top) if top else ranked
+
+
+def group_objective(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Mean, std and count of the objective per group of ``by`` (trials with an objective only)."""
+    missing = [c for c in by if c not in df.columns]
+    if missing:
+        raise UserError(f"--group-by: no column {missing[0]!r}; columns: {', '.join(map(str, df.columns))}")
+    scored = df[df["objective"].notna()]
+    grouped = scored.groupby(by, dropna=False)["objective"].agg(["mean", "std", "count"]).reset_index()
+    mode = df.attrs.get("space", {}).get("search", {}).get("mode", "max")
+    return grouped.sort_values("mean", ascending=(mode == "min"), kind="stable").reset_index(drop=True)
+
+
+def filter_rows(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    """``df.query(where)`` with a one-line error for a bad expression."""
+    try:
+        out = df.query(where)
+    except Exception as exc:
+        raise UserError(f"--where {where!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
+                        f"columns: {', '.join(map(str, df.columns))}") from None
+    out.attrs.update(df.attrs)
+    return out
+
+
+def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    """A GitHub-flavoured markdown table (pandas' own needs the optional ``tabulate``)."""
+    def cell(v: Any) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        if isinstance(v, float):
+            return format(v, floatfmt)
+        return str(v).replace("|", "\\|")
+
+    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([header, rule, *body])

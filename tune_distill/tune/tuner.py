@@ -1,0 +1,350 @@
+"""Running a search: from a validated ``SearchSpace`` to a finished (or resumable) experiment.
+
+``search(space, name=...)`` loads the dataset once, joins or starts a Ray cluster, checks that
+the cluster can ever run a trial (a GPU request on a cluster without GPUs would otherwise stay
+PENDING forever), and runs Ray Tune:
+
+- searcher: ``OptunaSearch`` (seeded TPE, study in ``<experiment>/optuna.db``, which
+  ``optuna-dashboard sqlite:///results/<name>/optuna.db`` opens), Tune's seeded random search,
+  or a grid;
+- scheduler: FIFO, or ASHA with seeds as its time unit;
+- ``max_concurrent_trials``, resources per trial, ``reuse_actors=True``, the dataset passed once
+  with ``tune.with_parameters``, one checkpoint kept per trial.
+
+An experiment lives in ``<storage>/<name>/``. Running the same name again (or ``resume=True``)
+restores it with ``Tuner.restore(..., resume_unfinished=True)``: finished trials are kept,
+unfinished ones continue from their last finished seed, and the searcher continues from its
+saved state, so no trial is lost and none runs twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+import yaml
+
+from ..data import load_dataset
+from ..errors import UserError
+from .results import (BASE_FILE, SPACE_FILE, STUDY_FILE, list_experiments, load_results, read_base,
+                      read_space, storage_dir)
+from .space import SearchSpace
+from .util import quiet_loggers
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Tune's own INFO/WARNING lines (snapshot timings, per-trial tracebacks) would drown the
+# progress display; every trial error still lands in its trial folder's error.txt.
+NOISY_LOGGERS = ("ray.tune", "ray.train", "ray.air", "optuna")
+
+
+@dataclass
+class SearchOutcome:
+    """What ``search`` returns."""
+
+    experiment: Path
+    results: pd.DataFrame  # load_results(experiment)
+    total: int  # trials the space asks for
+    finished: int  # trials done, stopped or errored
+    resumed: bool
+    interrupted: bool  # fit() returned before every trial finished (Ctrl-C or the time budget)
+    seconds: float
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial folder names (Tune's default repeats every hyperparameter)."""
+    return f"trial_{trial.trial_id}"
+
+
+# Building the pieces ------------------------------------------------------------------------
+def _tune_domains(space: SearchSpace) -> dict[str, Any]:
+    """Tune's sampling domains (random search) or grid (grid search) for ``space.params``."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for key, d in space.params.items():
+        if space.search.algorithm == "grid":
+            out[key] = tune.grid_search(list(d.choice))
+        elif d.kind == "choice":
+            out[key] = tune.choice(list(d.choice))
+        elif d.kind == "uniform":
+            out[key] = tune.uniform(*d.bounds)
+        elif d.kind == "loguniform":
+            out[key] = tune.loguniform(*d.bounds)
+        else:
+            low, high = d.bounds
+            step = d.step or 1
+            # Both ends included, values low + k * step (tune.qrandint rounds to multiples of q).
+            out[key] = tune.randint(low, high + 1) if step == 1 else tune.choice(list(range(low, high + 1, step)))
+    return out
+
+
+def _optuna_distributions(space: SearchSpace) -> dict[str, Any]:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out: dict[str, Any] = {}
+    for key, d in space.params.items():
+        if d.kind == "choice":
+            out[key] = CategoricalDistribution(list(d.choice))
+        elif d.kind in ("uniform", "loguniform"):
+            out[key] = FloatDistribution(*d.bounds, log=d.kind == "loguniform")
+        else:
+            out[key] = IntDistribution(*d.bounds, step=d.step or 1)
+    return out
+
+
+def study_url(exp_dir: Path) -> str:
+    """The optuna storage URL of an experiment's study (what ``optuna-dashboard`` takes)."""
+    return f"sqlite:///{(exp_dir / STUDY_FILE).resolve()}"
+
+
+def _searcher(space: SearchSpace, name: str, exp_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """(search algorithm, Tune param_space)."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    s = space.search
+    if s.algorithm == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        # TPE starts with random samples; with a small budget, start modelling sooner.
+        # constant_liar keeps concurrent trials from being suggested the same point.
+        startup = max(2, min(10, space.num_trials // 3))
+        sampler = optuna.samplers.TPESampler(seed=space.searcher_seed, n_startup_trials=startup, constant_liar=True)
+        storage = optuna.storages.RDBStorage(study_url(exp_dir))
+        searcher = OptunaSearch(space=_optuna_distributions(space), metric="objective", mode=s.mode,
+                                sampler=sampler, storage=storage, study_name=name)
+        return searcher, {}
+    if s.algorithm == "random":
+        return BasicVariantGenerator(random_state=space.searcher_seed), _tune_domains(space)
+    return BasicVariantGenerator(), _tune_domains(space)
+
+
+def _scheduler(space: SearchSpace) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = space.search
+    if s.scheduler == "fifo":
+        return FIFOScheduler()
+    # Time is "seeds finished" (fractional at intermediate evaluations): grace_period 1 lets every
+    # trial finish its first seed before it can be stopped.
+    return ASHAScheduler(time_attr="progress", max_t=s.seeds, grace_period=s.asha.grace_period,
+                         reduction_factor=s.asha.reduction_factor)
+
+
+def _trainable(space: SearchSpace, base: dict[str, Any], data: Any, exp_dir: Path) -> Any:
+    from ray import tune
+
+    from .trainable import TrialPlan, train_trial
+
+    r = space.search.resources
+    plan = TrialPlan(base=base, seeds=tuple(space.seeds), objective=space.search.objective,
+                     robust_k=space.search.robust_k, threads=max(1, int(r.cpus)), experiment_dir=str(exp_dir))
+    resources = {"cpu": r.cpus, "gpu": r.gpus}
+    return tune.with_resources(tune.with_parameters(train_trial, data=data, plan=plan), resources)
+
+
+def _new_tuner(space: SearchSpace, name: str, exp_dir: Path, trainable: Any, callbacks: list) -> Any:
+    from ray import tune
+
+    s = space.search
+    search_alg, param_space = _searcher(space, name, exp_dir)
+    tune_config = tune.TuneConfig(
+        metric="objective", mode=s.mode, search_alg=search_alg, scheduler=_scheduler(space),
+        num_samples=1 if s.algorithm == "grid" else space.num_trials,
+        max_concurrent_trials=s.concurrency, time_budget_s=s.time_budget_s, reuse_actors=True,
+        trial_dirname_creator=trial_dirname,
+    )
+    run_config = tune.RunConfig(
+        name=name, storage_path=str(exp_dir.parent), verbose=0, callbacks=callbacks,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest holds every finished seed
+        failure_config=tune.FailureConfig(max_failures=0),  # an error is a result, not a retry
+    )
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+# Cluster -------------------------------------------------------------------------------------
+def _connect(address: str | None) -> bool:
+    """Join ``address`` (or start a local cluster); True when this call started Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    except ConnectionError as exc:
+        raise UserError(f"--address {address}: cannot join a Ray cluster there ({exc}); "
+                        "start one with `ray start --head` or leave --address out") from None
+    return True
+
+
+def check_resources(space: SearchSpace) -> None:
+    """A trial the cluster can never place is an error now, not a trial PENDING forever."""
+    import ray
+
+    r = space.search.resources
+    have = ray.cluster_resources()
+    gpus, cpus = have.get("GPU", 0.0), have.get("CPU", 0.0)
+    if r.gpus > 0 and gpus == 0:
+        raise UserError(f"each trial asks for {r.gpus:g} GPU but the Ray cluster has none; use --gpus-per-trial 0 "
+                        "(and device: cpu/auto) or join a cluster with GPUs via --address")
+    if r.gpus > gpus:
+        raise UserError(f"each trial asks for {r.gpus:g} GPUs but the Ray cluster has {gpus:g}; lower --gpus-per-trial")
+    if r.cpus > cpus:
+        raise UserError(f"each trial asks for {r.cpus:g} CPUs but the Ray cluster has {cpus:g}; lower --cpus-per-trial")
+
+
+@contextlib.contextmanager
+def _tune_console_output_off() -> Iterator[None]:
+    """Ray's console reporter off during ``fit()`` (our ``Progress`` callback replaces it).
+
+    With verbose=0 Tune's default reporter still prints a configuration box and every trial's
+    error with a path inside Ray's temp folder; ``RAY_AIR_NEW_OUTPUT=0`` selects its legacy
+    reporter, which verbose=0 silences. The variable is restored afterwards.
+    """
+    old = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = old
+
+
+def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            found = _first_difference(va, vb, f"{prefix}{key}.")
+            if found:
+                return found
+        elif va != vb:
+            return f"{prefix}{key} was {va!r}, now {vb!r}"
+    return ""
+
+
+def _close_orphans(exp_dir: Path, name: str) -> None:
+    """Mark study trials left RUNNING by a killed driver as FAIL, once every Tune trial is over.
+
+    A driver killed between the searcher's suggestion and Tune's next state snapshot leaves an
+    Optuna trial no Tune trial owns; the resumed search suggests anew, so that one never ends.
+    """
+    if not (exp_dir / STUDY_FILE).is_file():
+        return
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = optuna.storages.RDBStorage(study_url(exp_dir))
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        return
+    for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+
+# The search ----------------------------------------------------------------------------------
+def search(space: SearchSpace, *, name: str, storage: str | Path | None = None, data_dir: str | Path | None = None,
+           address: str | None = None, resume: bool = False, progress: bool = True) -> SearchOutcome:
+    """Run (or resume) the experiment ``<storage>/<name>`` and return its results.
+
+    Args:
+        space: a validated space (``load_space``).
+        name: the experiment's name: its folder under ``storage``. An existing experiment of that
+            name is resumed, and must have been started with the same space.
+        storage: the folder holding experiments (default ``results``); on a multi-machine cluster
+            it must be a filesystem every node can write.
+        data_dir: where the dataset files are (else ``$TUNE_DISTILL_DATA``, else the cache).
+        address: a Ray cluster to join (``auto``, ``host:port``); default: the running Ray
+            of this process, else a new local cluster.
+        resume: require an existing experiment (error if there is none).
+        progress: print the live progress display.
+
+    Raises:
+        UserError: a bad name, nothing to resume, a changed space, data that cannot be loaded,
+            or resources the cluster does not have; all before any trial starts.
+    """
+    if not NAME_RE.match(name):
+        raise UserError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (starting with a letter or digit)")
+    root = storage_dir(storage).resolve()
+    exp_dir = root / name
+    existing = (exp_dir / SPACE_FILE).is_file()
+    if resume and not existing:
+        names = list_experiments(root)
+        raise UserError(f"--resume: no experiment {name!r} under {root}/; "
+                        + (f"existing: {', '.join(names)}" if names else "none exist yet"))
+    if existing:
+        stored = read_space(exp_dir)
+        if stored != space:
+            diff = _first_difference(stored.to_dict(), space.to_dict())
+            raise UserError(f"experiment {name!r} exists with a different space ({diff}); resume it unchanged, "
+                            "or choose another --name")
+        base = read_base(exp_dir)
+    else:
+        base = space.base_values()
+    # Load the data before starting Ray: a missing file is a one-line error, not a failed trial.
+    data = load_dataset(base["dataset"], data_dir, threshold=base["threshold"])
+
+    from ray import tune
+
+    from .progress import Progress
+
+    started_ray = _connect(address)
+    try:
+        check_resources(space)
+        restoring = existing and tune.Tuner.can_restore(str(exp_dir))
+        if not existing:
+            exp_dir.mkdir(parents=True, exist_ok=True)
+            (exp_dir / BASE_FILE).write_text(yaml.safe_dump(base, sort_keys=False))
+            # Written last: its presence marks the folder as an experiment.
+            (exp_dir / SPACE_FILE).write_text(yaml.safe_dump(space.to_dict(), sort_keys=False))
+        trainable = _trainable(space, base, data, exp_dir)
+        callbacks = [Progress(space.num_trials, space.search.seeds, space.search.mode)] if progress else []
+        if progress:
+            _announce(space, name, exp_dir, restoring)
+        started = time.perf_counter()
+        with quiet_loggers(NOISY_LOGGERS), _tune_console_output_off():
+            if restoring:
+                tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True)
+            else:
+                tuner = _new_tuner(space, name, exp_dir, trainable, callbacks)
+            tuner.fit()
+        seconds = time.perf_counter() - started
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    results = load_results(exp_dir)
+    finished = int(results["status"].isin(["done", "stopped", "error"]).sum())
+    interrupted = finished < space.num_trials
+    if not interrupted:
+        _close_orphans(exp_dir, name)
+    return SearchOutcome(exp_dir, results, space.num_trials, finished, restoring, interrupted, seconds)
+
+
+def _announce(space: SearchSpace, name: str, exp_dir: Path, restoring: bool) -> None:
+    s = space.search
+    algo = {"optuna": f"optuna TPE (seed {s.seed})", "random": f"random (seed {s.seed})", "grid": "grid"}[s.algorithm]
+    objective = s.objective if s.objective != "robust" else f"robust (acc_mean - {s.robust_k:g} * acc_std)"
+    conc = f"{s.concurrency} at a time" if s.concurrency else "as many at a time as resources allow"
+    gpu = f", {s.resources.gpus:g} GPU" if s.resources.gpus else ""
+    print(f"{'resuming' if restoring else 'search'} {name}: {space.num_trials} trials x {s.seeds} seeds "
+          f"{space.seeds}, {algo}, {s.scheduler}, objective {objective}, {conc}, "
+          f"{s.resources.cpus:g} CPU{gpu} per trial", flush=True)
+    study = f"; study {study_url(exp_dir)}" if s.algorithm == "optuna" else ""
+    print(f"experiment folder {exp_dir}{study}", flush=True)
+    if s.time_budget_s:
+        print(f"time budget {s.time_budget_s:g} s", flush=True)
+    if math.isfinite(space.num_trials) and restoring:
+        print("finished trials are kept; unfinished ones continue from their last finished seed", flush=True)
