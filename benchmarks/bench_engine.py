@@ -50,7 +50,7 @@ def seconds_per_evaluation(data, preset: str) -> float:
     images = render(PointBatch.from_padded(syn), data.grid_shape)
     settings = EvalSettings(1, cfg.eval_epochs, cfg.eval_width, cfg.eval_depth, cfg.eval_lr, cfg.eval_batch, cfg.eval_augment)
     start = time.perf_counter()
-    evaluate_images(images, labels, test_x, test_y, data.num_classes, settings, seed=0)
+    evaluate_images(images, labels, {"test": (test_x, test_y)}, data.num_classes, settings, seed=0)
     return time.perf_counter() - start
 
 

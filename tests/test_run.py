@@ -53,6 +53,12 @@ def test_validation_split_is_disjoint_and_fixed(mnist):
     val_keys = key(val.subset(torch.arange(300)))
     rest_keys = key(rest.subset(torch.arange(3000)))
     assert not (val_keys & rest_keys) or len(val_keys & rest_keys) < 3  # MNIST has a few exact duplicates
-    # The validation run evaluates on validation digits, not test.
+    # Selecting on validation scores validation digits only: the test set is never looked at.
     cfg = make_config(dict(TINY, iterations=0, init="real", val_size=5000, eval_split="val", eval_models=1), preset="quick")
-    assert run(cfg, data=mnist).split == "val"
+    on_val = run(cfg, data=mnist)
+    assert on_val.split == "val" and on_val.other_accuracies == {}
+    # A test evaluation scores the same trained networks on the validation digits too.
+    on_test = run(cfg.replace(eval_split="test"), data=mnist)
+    assert on_test.split == "test" and list(on_test.other_accuracies) == ["val"]
+    assert on_test.other_accuracies["val"] == on_val.accuracies
+    assert "val_acc_mean" in on_test.metrics()

@@ -101,9 +101,9 @@ def accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, b
     return correct / max(1, len(labels))
 
 
-def train_and_test(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                   num_classes: int, settings: EvalSettings, seed: int) -> float:
-    """Train one fresh ConvNet on (train_x, train_y) and return its test accuracy."""
+def train_and_test(train_x: torch.Tensor, train_y: torch.Tensor, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                   num_classes: int, settings: EvalSettings, seed: int) -> dict[str, float]:
+    """Train one fresh ConvNet on (train_x, train_y); its accuracy on each named evaluation set."""
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -125,11 +125,12 @@ def train_and_test(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.T
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    return accuracy(net, test_x, test_y)
+    return {name: accuracy(net, x, y) for name, (x, y) in eval_sets.items()}
 
 
-def evaluate_images(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                    num_classes: int, settings: EvalSettings, seed: int) -> list[float]:
-    """Accuracies of ``settings.models`` ConvNets trained from scratch with seeds seed, seed+1, ..."""
-    return [train_and_test(train_x, train_y, test_x, test_y, num_classes, settings, seed + k)
-            for k in range(settings.models)]
+def evaluate_images(train_x: torch.Tensor, train_y: torch.Tensor, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                    num_classes: int, settings: EvalSettings, seed: int) -> dict[str, list[float]]:
+    """Per evaluation set, the accuracies of ``settings.models`` ConvNets trained from scratch
+    (seeds seed, seed+1, ...); every set is scored by the same trained networks."""
+    runs = [train_and_test(train_x, train_y, eval_sets, num_classes, settings, seed + k) for k in range(settings.models)]
+    return {name: [r[name] for r in runs] for name in eval_sets}

@@ -35,6 +35,9 @@ class RunResult:
     accuracies: list[float]
     split: str  # the set the accuracies were measured on: test | val
     grid_shape: tuple[int, ...]
+    # The same trained ConvNets scored on other splits: "val" when the primary split is test and
+    # val_size > 0 (the test set is never scored when selecting on val).
+    other_accuracies: dict[str, list[float]] = field(default_factory=dict)
     evaluations: list[dict] = field(default_factory=list)  # intermediate (eval_at) evaluations
     seconds: float = 0.0
     distill_seconds: float = 0.0
@@ -50,11 +53,15 @@ class RunResult:
 
     def metrics(self) -> dict:
         """The summary written to ``metrics.json`` and reported to Tune."""
-        return {
+        out = {
             "acc_mean": self.acc_mean, "acc_std": self.acc_std, "accuracies": list(self.accuracies),
             "split": self.split, "seconds": self.seconds, "distill_seconds": self.distill_seconds,
             "eval_seconds": self.eval_seconds, "evaluations": self.evaluations,
         }
+        for name, accs in self.other_accuracies.items():
+            out[f"{name}_acc_mean"] = float(np.mean(accs))
+            out[f"{name}_accuracies"] = list(accs)
+        return out
 
 
 def split_train(train: Clouds, val_size: int) -> tuple[Clouds, Clouds | None]:
@@ -75,12 +82,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def evaluation_set(cfg: Config, data: Dataset, val: Clouds | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and labels the synthetic set is judged on: validation digits or (a prefix of) test."""
-    clouds = val if cfg.eval_split == "val" else data.test
-    n = len(clouds) if cfg.eval_test_size is None else min(cfg.eval_test_size, len(clouds))
-    idx = torch.arange(n)
-    return render(clouds.batch(idx), data.grid_shape), clouds.labels[:n]
+def evaluation_sets(cfg: Config, data: Dataset, val: Clouds | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Images and labels the synthetic set is judged on, primary split first.
+
+    Selecting on val scores validation digits only; a test evaluation also scores the
+    validation digits when there are any (free: the same trained networks).
+    """
+    names = ["val"] if cfg.eval_split == "val" else ["test"] + (["val"] if val is not None else [])
+    sets = {}
+    for name in names:
+        clouds = val if name == "val" else data.test
+        n = len(clouds) if cfg.eval_test_size is None else min(cfg.eval_test_size, len(clouds))
+        sets[name] = (render(clouds.batch(torch.arange(n)), data.grid_shape), clouds.labels[:n])
+    return sets
 
 
 def eval_settings(cfg: Config) -> EvalSettings:
@@ -89,12 +103,12 @@ def eval_settings(cfg: Config) -> EvalSettings:
 
 
 def evaluate_points(cfg: Config, points: torch.Tensor, labels: torch.Tensor, data: Dataset,
-                    test: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> list[float]:
-    """Accuracies of ConvNets trained from scratch on the rendered synthetic set."""
+                    eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> dict[str, list[float]]:
+    """Accuracies, per evaluation set, of ConvNets trained from scratch on the rendered synthetic set."""
     images = render(PointBatch.from_padded(points.detach().cpu()), data.grid_shape)
-    test_x, test_y = test
-    return evaluate_images(images.to(device), labels.to(device), test_x.to(device), test_y.to(device),
-                           data.num_classes, eval_settings(cfg), stream(cfg.seed, "eval") % 2**31)
+    on_device = {name: (x.to(device), y.to(device)) for name, (x, y) in eval_sets.items()}
+    return evaluate_images(images.to(device), labels.to(device), on_device, data.num_classes,
+                           eval_settings(cfg), stream(cfg.seed, "eval") % 2**31)
 
 
 def run(config: Config, report: Report | None = None, data: Dataset | None = None,
@@ -112,7 +126,7 @@ def run(config: Config, report: Report | None = None, data: Dataset | None = Non
         raise ValueError(f"data is {data.name} {data.options}, config wants {cfg.dataset} threshold={cfg.threshold}")
     device = resolve_device(cfg.device)
     train, val = split_train(data.train, cfg.val_size)
-    test = evaluation_set(cfg, data, val)
+    eval_sets = evaluation_sets(cfg, data, val)
     init_gen = torch.Generator().manual_seed(stream(cfg.seed, "init"))
     syn, labels = init_synthetic(cfg.init, train, data.num_classes, data.grid_shape, cfg.ipc, cfg.points,
                                  init_gen, cfg.init_noise, cfg.real_cap)
@@ -123,7 +137,7 @@ def run(config: Config, report: Report | None = None, data: Dataset | None = Non
     def evaluate_at(it: int, points: torch.Tensor) -> None:
         nonlocal eval_time
         t = time.perf_counter()
-        accs = evaluate_points(cfg, points, labels, data, test, device)
+        accs = evaluate_points(cfg, points, labels, data, eval_sets, device)[cfg.eval_split]
         eval_time += time.perf_counter() - t
         row = {"iteration": it, "acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs)), "accuracies": accs}
         evaluations.append(row)
@@ -133,7 +147,8 @@ def run(config: Config, report: Report | None = None, data: Dataset | None = Non
     history = distill(cfg, train, data.num_classes, data.grid_shape, syn, device, report, evaluate_at)
     distill_seconds = time.perf_counter() - started - eval_time
     t = time.perf_counter()
-    accuracies = evaluate_points(cfg, syn, labels, data, test, device)
+    scores = evaluate_points(cfg, syn, labels, data, eval_sets, device)
+    accuracies = scores.pop(cfg.eval_split)
     eval_time += time.perf_counter() - t
     return RunResult(
         config=cfg,
@@ -143,6 +158,7 @@ def run(config: Config, report: Report | None = None, data: Dataset | None = Non
         accuracies=accuracies,
         split=cfg.eval_split,
         grid_shape=data.grid_shape,
+        other_accuracies=scores,
         evaluations=evaluations,
         seconds=time.perf_counter() - started,
         distill_seconds=distill_seconds,
