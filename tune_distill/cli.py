@@ -138,6 +138,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         space_arg = f"{args.space} " if args.space else ""
         print(f"interrupted: resume with  tune-distill search {space_arg}--name {name}{storage} --resume", file=sys.stderr)
         return 130
+    if outcome.budget_spent:
+        print(f"the time budget ({space.search.time_budget_s:g} s) ended the search after {outcome.finished} trials")
     print(f"read:   tune-distill results {name}{storage}\nexport: tune-distill export {name}{storage}"
           f"\nreport: tune-distill report {name}{storage}")
     return 0
@@ -145,6 +147,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _table(df: Any, params: list[str], group: bool = False) -> str:
     """A readable table: accuracies in %, paths left out."""
+    return _percent(df, params, group).to_string(index=False, na_rep="")
+
+
+def _percent(df: Any, params: list[str], group: bool = False) -> Any:
+    """The columns a reader wants, accuracies in % (csv and json keep every column, as fractions)."""
     shown = df.copy()
     if group:
         shown[["mean", "std"]] = (100 * shown[["mean", "std"]]).round(2)
@@ -156,7 +163,7 @@ def _table(df: Any, params: list[str], group: bool = False) -> str:
         for c in ("acc_mean", "acc_std", "acc_min", "objective"):
             shown[c] = (100 * shown[c]).round(2)
         shown["seconds"] = shown["seconds"].round(1)
-    return shown.to_string(index=False, na_rep="")
+    return shown
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -178,9 +185,8 @@ def cmd_results(args: argparse.Namespace) -> int:
         print(out.to_csv(index=False), end="")
     elif args.format == "json":
         print(out.to_json(orient="records", indent=1))
-    elif args.format == "markdown":
-        shown = out if group else out[[c for c in out.columns if c not in ("trial_dir", "synthetic")]]
-        print(to_markdown(shown))
+    elif args.format == "markdown":  # for reading, like the table: accuracies in %, no paths
+        print(to_markdown(_percent(out, params, group)))
     else:
         if out.empty:
             print("no trials match" if args.where else "no trials yet")

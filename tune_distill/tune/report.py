@@ -63,11 +63,34 @@ def importances(df: pd.DataFrame, space: SearchSpace) -> dict[str, float]:
         for _, row in scored.iterrows():
             params = {p: _native(row[p]) for p in varying}
             study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(row["objective"])))
+        # PED-ANOVA (Optuna's default evaluator; fANOVA would need scikit-learn) asks what it takes
+        # to land in the top quantile of trials; its default top 10 % is one or two trials in a
+        # small study, so the top regime is widened to hold at least three.
+        quantile = min(0.5, max(0.1, 3 / len(scored)))
+        evaluator = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=quantile)
         try:
-            # Optuna's default evaluator (PED-ANOVA; fANOVA would need scikit-learn).
-            return dict(optuna.importance.get_param_importances(study))
+            return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
         except (RuntimeError, ValueError):  # e.g. too few distinct values
             return {}
+
+
+def groups_of(df: pd.DataFrame, space: SearchSpace, param: str) -> pd.Series:
+    """The group of each trial for ``param``: its value, or for a range its tercile ``(low, high]``."""
+    d = space.params[param]
+    values = df[param]
+    if d.kind == "choice" or values.nunique() <= 4:
+        return values.astype(str)
+    bins = pd.qcut(values.astype(float), q=3, duplicates="drop")
+    return bins.map(lambda iv: f"({iv.left:.3g}, {iv.right:.3g}]").astype(str)
+
+
+def variance_explained(objective: pd.Series, groups: pd.Series) -> float:
+    """Share of the objective's variance across trials that the groups explain (eta squared)."""
+    total = float(((objective - objective.mean()) ** 2).sum())
+    if total == 0:
+        return 0.0
+    between = sum(len(g) * (g.mean() - objective.mean()) ** 2 for _, g in objective.groupby(groups))
+    return float(between / total)
 
 
 def _native(v: Any) -> Any:
@@ -96,7 +119,10 @@ def plot_objective_by_param(df: pd.DataFrame, space: SearchSpace, path: Path) ->
         else:
             ax.scatter(scored[p].to_numpy(dtype=float), y, s=18, alpha=0.7)
             if d.kind == "loguniform":
+                from matplotlib.ticker import NullFormatter
+
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())  # labels on decades only: readable
         ax.set_xlabel(p)
         ax.set_ylabel(f"objective ({space.search.objective}) %")
         ax.grid(alpha=0.3)
@@ -165,13 +191,24 @@ def write_summary(df: pd.DataFrame, space: SearchSpace, imps: dict[str, float], 
         for c in ("acc_mean", "acc_std", "acc_min", "objective"):
             table[c] = (100 * table[c]).round(2)
         lines += ["## Leaderboard (top 10, accuracies in %)", "", to_markdown(table), ""]
-        lines += ["## Objective per hyperparameter value (mean, std, count; in %)", ""]
+        lines += ["## Objective per hyperparameter value (mean, std, count; in %)", "",
+                  "Ranges are split into terciles. *explains* is the share of the objective's variance "
+                  "across trials that the groups account for (eta squared; confounded when the search "
+                  "sampled two hyperparameters together).", ""]
+        scored = df[df["objective"].notna()].copy()
         for p in params:
-            g = group_objective(df, [p])
+            scored[f"{p} "] = groups_of(scored, space, p)
+            g = group_objective(scored, [f"{p} "]).rename(columns={f"{p} ": p})
             g[["mean", "std"]] = (100 * g[["mean", "std"]]).round(2)
-            lines += [f"### {p}", "", to_markdown(g), ""]
+            share = variance_explained(scored["objective"], scored[f"{p} "])
+            lines += [f"### {p} (explains {100 * share:.0f} %)", "", to_markdown(g), ""]
     if imps:
-        lines += ["## Importances (Optuna, PED-ANOVA)", "", to_markdown(pd.DataFrame(
+        caveat = (" With fewer than about 30 trials these are rough; read them with the tables above."
+                  if len(ranked) < 30 else "")
+        lines += ["## Importances (Optuna, PED-ANOVA)", "",
+                  "How much each hyperparameter decides whether a trial lands among the best "
+                  f"(the top {100 * min(0.5, max(0.1, 3 / len(ranked))):.0f} % of scored trials).{caveat}", "",
+                  to_markdown(pd.DataFrame(
             {"hyperparameter": list(imps), "importance": [round(v, 3) for v in imps.values()]})), ""]
     errors = df[df["status"] == "error"]
     if not errors.empty:

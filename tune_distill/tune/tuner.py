@@ -39,6 +39,7 @@ from .results import (BASE_FILE, SPACE_FILE, STUDY_FILE, list_experiments, load_
 from .space import SearchSpace
 from .util import quiet_loggers
 
+FINISHED = ("done", "stopped", "error")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Tune's own INFO/WARNING lines (snapshot timings, per-trial tracebacks) would drown the
 # progress display; every trial error still lands in its trial folder's error.txt.
@@ -54,7 +55,8 @@ class SearchOutcome:
     total: int  # trials the space asks for
     finished: int  # trials done, stopped or errored
     resumed: bool
-    interrupted: bool  # fit() returned before every trial finished (Ctrl-C or the time budget)
+    interrupted: bool  # stopped before every trial finished (Ctrl-C): resume to finish it
+    budget_spent: bool  # the time budget ended it: final, a rerun does not add trials
     seconds: float
 
 
@@ -290,6 +292,11 @@ def search(space: SearchSpace, *, name: str, storage: str | Path | None = None, 
             raise UserError(f"experiment {name!r} exists with a different space ({diff}); resume it unchanged, "
                             "or choose another --name")
         base = read_base(exp_dir)
+        done = _outcome(space, name, exp_dir, True, 0.0)
+        if not done.interrupted:  # nothing left to run: no cluster needed
+            if progress:
+                print(f"experiment {name!r} is already complete ({exp_dir})", flush=True)
+            return done
     else:
         base = space.base_values()
     # Load the data before starting Ray: a missing file is a one-line error, not a failed trial.
@@ -325,12 +332,21 @@ def search(space: SearchSpace, *, name: str, storage: str | Path | None = None, 
             import ray
 
             ray.shutdown()
+    return _outcome(space, name, exp_dir, restoring, seconds)
+
+
+def _outcome(space: SearchSpace, name: str, exp_dir: Path, resumed: bool, seconds: float) -> SearchOutcome:
     results = load_results(exp_dir)
-    finished = int(results["status"].isin(["done", "stopped", "error"]).sum())
-    interrupted = finished < space.num_trials
+    finished = int(results["status"].isin(FINISHED).sum())
+    # Ctrl-C leaves trials unfinished (running/pending) for a resume; the time budget stops the
+    # running ones (status stopped) and ends the experiment for good (Tune keeps its clock).
+    unfinished = finished < len(results)
+    short = finished < space.num_trials
+    budget_spent = short and not unfinished and space.search.time_budget_s is not None
+    interrupted = short and not budget_spent
     if not interrupted:
         _close_orphans(exp_dir, name)
-    return SearchOutcome(exp_dir, results, space.num_trials, finished, restoring, interrupted, seconds)
+    return SearchOutcome(exp_dir, results, space.num_trials, finished, resumed, interrupted, budget_spent, seconds)
 
 
 def _announce(space: SearchSpace, name: str, exp_dir: Path, restoring: bool) -> None:
