@@ -94,6 +94,16 @@ def test_bad_space_file_from_the_cli_exits_2_before_ray(tmp_path, capsys):
     assert "num_samples" in capsys.readouterr().err
 
 
+def test_unreachable_address_is_one_line_error_without_waiting(tmp_path, mnist_dir, capsys):
+    space = tmp_path / "grid.yaml"
+    space.write_text(yaml.safe_dump({"params": {"depth": {"choice": [2, 3]}}, "search": {"algorithm": "grid"}}))
+    data = ["--data-dir", str(mnist_dir)] if mnist_dir else []
+    assert main(["search", str(space), "--storage", str(tmp_path / "r"), "--address", "127.0.0.1:1", *data]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "127.0.0.1:1" in err and "ray start --head" in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_objective_summary():
     s = summarize([0.5, 0.7], "robust", robust_k=2.0)
     assert s["acc_mean"] == pytest.approx(0.6) and s["acc_std"] == pytest.approx(0.1)

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,14 +178,30 @@ def _connect(address: str | None) -> bool:
     """Join ``address`` (or start a local cluster); True when this call started Ray."""
     import ray
 
-    if ray.is_initialized():
+    _reachable(address)
+    if ray.is_initialized():  # e.g. a notebook or a test session that started Ray itself
         return False
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     except ConnectionError as exc:
-        raise UserError(f"--address {address}: cannot join a Ray cluster there ({exc}); "
-                        "start one with `ray start --head` or leave --address out") from None
+        raise UserError(f"--address {address}: cannot join a Ray cluster there ({str(exc).splitlines()[0]}); start one "
+                        "with `ray start --head`, or leave --address out; a cluster with token authentication "
+                        "also needs RAY_AUTH_MODE=token and its token (~/.ray/auth_token or RAY_AUTH_TOKEN)") from None
     return True
+
+
+def _reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """Fail fast on a host:port nobody listens on (Ray itself retries for minutes)."""
+    if not address or address == "auto":
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise UserError(f"--address {address!r}: expected host:port (e.g. 10.0.0.5:6379) or auto")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserError(f"--address {address}: nothing answers there ({exc.strerror or exc}); start a cluster "
+                        "with `ray start --head`, or leave --address out to start a local one") from None
 
 
 def check_resources(space: SearchSpace) -> None:
