@@ -105,9 +105,15 @@ def test_minkowski_offset_order_is_ours_with_axes_reversed():
 
 
 @needs_me
-def test_prepare_keeps_our_rows():
+def test_prepare_keeps_our_rows_and_torch_threads():
     _, x = random_input()
-    m = mk.MinkowskiBackend().prepare(x)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        m = mk.MinkowskiBackend().prepare(x)
+        assert torch.get_num_threads() == 1  # MinkowskiEngine would set it to the CPU count
+    finally:
+        torch.set_num_threads(threads)
     assert torch.equal(m.st.C.long(), x.coords) and torch.equal(m.st.F, x.feats)
 
 

@@ -70,6 +70,21 @@ def test_conv_equals_dense_conv3d_at_occupied_cells(device, k, stride):
     torch.testing.assert_close(y.feats, at_cells(ref, y), rtol=1e-4, atol=1e-4)
 
 
+def test_chunked_conv_matches_one_block(monkeypatch):
+    """Large convolutions gather and multiply in row chunks; the result must not depend on it."""
+    x, feats = f64_cloud(channels=3, n=60)
+    kernel = f64(27, 3, 4)
+    outs = []
+    for chunk in (ops.CHUNK_BYTES, 64):  # 64 bytes: a chunk per output row
+        monkeypatch.setattr(ops, "CHUNK_BYTES", chunk)
+        for truncated in (False, True):
+            y = ops.conv(x.replace(feats), kernel, 3, 2, truncated=truncated).feats
+            outs.append((y, *torch.autograd.grad(y.square().sum(), (feats, kernel))))
+    for other in outs[1:]:
+        for a, b in zip(other, outs[0]):
+            torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_pooling_equals_dense_pooling_over_occupied_cells(device):
     x = cloud(150, 2, 3, device=device)

@@ -116,7 +116,13 @@ class MinkowskiBackend:
 
     def prepare(self, x: SparseTensor) -> MinkowskiTensor:
         """Our quantised cells as a MinkowskiEngine tensor: same rows, same order (cells are unique)."""
-        st = self.me.SparseTensor(x.feats, coordinates=x.coords.int())
+        coords = x.coords.int()
+        # Its manager calls omp_set_num_threads(cpu_count) unless told a count, which would
+        # silently change torch's thread count for the whole process: pass torch's own.
+        kind = self.me.CoordinateMapType.CUDA if coords.is_cuda else self.me.CoordinateMapType.CPU
+        manager = self.me.CoordinateManager(D=coords.shape[1] - 1, num_threads=torch.get_num_threads(),
+                                            coordinate_map_type=kind)
+        st = self.me.SparseTensor(x.feats, coordinates=coords, coordinate_manager=manager)
         return MinkowskiTensor(st, x.batch_size)
 
     def conv(self, x: MinkowskiTensor, kernel: torch.Tensor, kernel_size: int, stride: int = 1) -> MinkowskiTensor:

@@ -55,32 +55,81 @@ class _Linear(torch.autograd.Function):
             return ctx.adjoint(grad), None, None, None
 
 
+CHUNK_BYTES = 8 << 20  # gathered rows per GEMM: cache-sized, and far below glibc's 32 MB mmap limit
+
+
+def _row_chunks(n_rows: int, row_bytes: int) -> list[slice]:
+    """Split rows so that each chunk's gathered block stays small. A fresh block above 32 MB is
+    mmapped, and page-faulting it in costs as much as the GEMM itself on this kind of machine."""
+    step = max(1, CHUNK_BYTES // max(row_bytes, 1))
+    return [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
+
+
+def _padded(rows: torch.Tensor) -> torch.Tensor:
+    return torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
+
+
+def _conv_forward(feats: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, keep: list | None = None):
+    """``out[o] = sum_j feats[table[o, j]] @ weight[j]`` as gather + GEMM, chunked over outputs.
+
+    With ``keep`` (a list), a single chunk's gathered rows are appended to it for reuse.
+    """
+    padded, w = _padded(feats), weight.reshape(-1, weight.shape[2])
+    chunks = _row_chunks(table.shape[0], table.shape[1] * feats.shape[1] * feats.element_size())
+    if len(chunks) == 1:
+        cols = padded.index_select(0, table.reshape(-1)).view(table.shape[0], -1)
+        if keep is not None:
+            keep.append(cols)
+        return cols @ w
+    out = feats.new_empty(table.shape[0], weight.shape[2])
+    for rows in chunks:
+        cols = padded.index_select(0, table[rows].reshape(-1)).view(rows.stop - rows.start, -1)
+        torch.mm(cols, w, out=out[rows])
+    return out
+
+
+def _conv_weight_grad(feats: torch.Tensor, grad: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``sum_o feats[table[o, j]]^T grad[o]`` for every j, as (K', C_in, C_out); differentiable."""
+    padded, total = _padded(feats), None
+    for rows in _row_chunks(table.shape[0], table.shape[1] * feats.shape[1] * feats.element_size()):
+        cols = padded.index_select(0, table[rows].reshape(-1)).view(rows.stop - rows.start, -1)
+        part = cols.T @ grad[rows]
+        total = part if total is None else total + part
+    if total is None:  # no output rows
+        total = grad.new_zeros(table.shape[1] * feats.shape[1], grad.shape[1])
+    return total.view(table.shape[1], feats.shape[1], grad.shape[1])
+
+
 class _Conv(torch.autograd.Function):
-    """``out[o] = sum_j feats[table[o, j]] @ weight[j]``: one gather, one GEMM.
+    """Sparse convolution over a kernel map: gather + GEMM.
 
     The input gradient is the same op on the transposed table with each weight transposed; the
-    weight gradient one GEMM of the gathered rows with the output gradient.
+    weight gradient one GEMM of the gathered rows with the output gradient. Truncated, the
+    backward is plain tensor code (no graph), reusing the forward's gathered rows when small.
     """
 
     @staticmethod
     def forward(ctx, feats, weight, kmap: KernelMap, truncated: bool):
-        cols = _gather(feats, kmap.table).view(kmap.n_out, -1)
-        ctx.kmap, ctx.truncated = kmap, truncated
+        ctx.kmap, ctx.truncated, ctx.cols = kmap, truncated, []
         ctx.save_for_backward(feats, weight)
-        # Truncated backward reuses the gathered rows; full mode must re-gather under autograd.
-        ctx.cols = cols if truncated else None
-        return cols @ weight.reshape(-1, weight.shape[2])
+        return _conv_forward(feats, weight, kmap.table, ctx.cols if truncated else None)
 
     @staticmethod
     def backward(ctx, grad):
         feats, weight = ctx.saved_tensors
         kmap, grad_feats, grad_weight = ctx.kmap, None, None
-        with _grad_mode(ctx.truncated):
-            if ctx.needs_input_grad[0]:
-                grad_feats = _Conv.apply(grad, weight.transpose(1, 2), kmap.transposed, ctx.truncated)
-            if ctx.needs_input_grad[1]:
-                cols = ctx.cols if ctx.cols is not None else _gather(feats, kmap.table).view(kmap.n_out, -1)
-                grad_weight = (cols.T @ grad).view(weight.shape)
+        if ctx.truncated:
+            with torch.no_grad():
+                if ctx.needs_input_grad[0]:
+                    grad_feats = _conv_forward(grad, weight.transpose(1, 2), kmap.transposed.table)
+                if ctx.needs_input_grad[1]:
+                    grad_weight = ((ctx.cols[0].T @ grad).view(weight.shape) if ctx.cols
+                                   else _conv_weight_grad(feats, grad, kmap.table))
+            return grad_feats, grad_weight, None, None
+        if ctx.needs_input_grad[0]:
+            grad_feats = _Conv.apply(grad, weight.transpose(1, 2), kmap.transposed, False)
+        if ctx.needs_input_grad[1]:
+            grad_weight = _conv_weight_grad(feats, grad, kmap.table)
         return grad_feats, grad_weight, None, None
 
 
@@ -116,26 +165,55 @@ def _pool_map(x: SparseTensor, kernel_size, stride) -> tuple[tuple[int, ...], Ke
     return out_stride, x.manager.kernel_map(x.stride, out_stride, _as_tuple(kernel_size, d))
 
 
+def _window_max(feats: torch.Tensor, kmap: KernelMap) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each output's max over its window and the winning column (the first, on ties): (n_out, C) each."""
+    if kmap.table.shape[1] > 8:  # wide windows (a sample's global pool): one gather, one reduction
+        return _gather(feats, kmap.table, float("-inf")).max(1)
+    # Narrow windows: a running max over the columns, one (n_out, C) slab at a time.
+    padded = torch.cat([feats, feats.new_full((1, feats.shape[1]), float("-inf"))])
+    columns = kmap.columns
+    best = padded.index_select(0, columns[0])
+    arg = torch.zeros(best.shape, dtype=torch.uint8, device=feats.device)
+    for j in range(1, columns.shape[0]):
+        value = padded.index_select(0, columns[j])
+        # Arithmetic rather than where/masked_fill, which are several times slower on CPU.
+        arg = torch.maximum(arg, (value > best).to(torch.uint8).mul_(j))
+        best = torch.maximum(best, value)
+    return best, arg
+
+
 def _max_over(feats: torch.Tensor, kmap: KernelMap, truncated: bool) -> torch.Tensor:
     """Max over each output's window; the gradient goes to the (first) winner only."""
     with torch.no_grad():
-        values, arg = _gather(feats, kmap.table, float("-inf")).max(1)
-        winner = kmap.table.gather(1, arg)  # input row per (output, channel)
+        values, arg = _window_max(feats, kmap)
 
     def adjoint(grad: torch.Tensor) -> torch.Tensor:
-        rows = torch.arange(kmap.n_in, device=grad.device)
-        if kmap.parent is not None:  # each input has one output: no sum over offsets
-            won = winner.index_select(0, kmap.parent) == rows[:, None]
+        if kmap.parent is not None:  # each input has one output: did it win there?
+            won = arg.index_select(0, kmap.parent) == kmap.slot[:, None]
             return grad.index_select(0, kmap.parent) * won
+        winner = kmap.table.gather(1, arg.long())  # input row per (output, channel)
+        rows = torch.arange(kmap.n_in, device=grad.device)
         won = _gather(winner, kmap.table_t, -1) == rows[:, None, None]
         return (_gather(grad, kmap.table_t) * won).sum(1)
 
     return _Linear.apply(feats, lambda f: values, adjoint, truncated)
 
 
+def _window_sum(feats: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
+    if kmap.parent is not None:  # every input in exactly one window: one scatter-add, no table
+        return feats.new_zeros(kmap.n_out, feats.shape[1]).index_add_(0, kmap.parent, feats)
+    if kmap.table.shape[1] > 8:
+        return _gather(feats, kmap.table).sum(1)
+    padded, columns = _padded(feats), kmap.columns
+    total = padded.index_select(0, columns[0])
+    for j in range(1, columns.shape[0]):
+        total = total + padded.index_select(0, columns[j])
+    return total
+
+
 def _mean_over(feats: torch.Tensor, kmap: KernelMap, truncated: bool) -> torch.Tensor:
     """Mean over each output's occupied inputs."""
-    inv_count = 1.0 / kmap.count().clamp(min=1).to(feats.dtype)[:, None]
+    inv_count = kmap.inv_counts(feats.dtype)
 
     def adjoint(grad: torch.Tensor) -> torch.Tensor:
         scaled = grad * inv_count
@@ -143,7 +221,7 @@ def _mean_over(feats: torch.Tensor, kmap: KernelMap, truncated: bool) -> torch.T
             return scaled.index_select(0, kmap.parent)
         return _gather(scaled, kmap.table_t).sum(1)
 
-    return _Linear.apply(feats, lambda f: _gather(f, kmap.table).sum(1) * inv_count, adjoint, truncated)
+    return _Linear.apply(feats, lambda f: _window_sum(f, kmap) * inv_count, adjoint, truncated)
 
 
 def max_pool(x: SparseTensor, kernel_size: int | tuple[int, ...] = 2, stride: int | tuple[int, ...] = 2,
@@ -166,7 +244,7 @@ def global_pool(x: SparseTensor, mode: str = "avg", truncated: bool = False) -> 
     if mode == "max":
         return _max_over(x.feats, kmap, truncated)
     out = _mean_over(x.feats, kmap, truncated)
-    return out * kmap.count().clamp(min=1).to(out.dtype)[:, None] if mode == "sum" else out
+    return out * kmap.counts.clamp(min=1).to(out.dtype)[:, None] if mode == "sum" else out
 
 
 def _per_sample_mean(feats: torch.Tensor, batch: torch.Tensor, inv_count: torch.Tensor) -> torch.Tensor:
@@ -208,7 +286,7 @@ def instance_norm(x: SparseTensor, weight: torch.Tensor | None = None, bias: tor
     ``MinkowskiInstanceNorm``; the affine is plain PyTorch in both engines.
     """
     batch = x.coords[:, 0]
-    inv_count = 1.0 / x.manager.global_map(x.stride).count().clamp(min=1).to(x.feats.dtype)[:, None]
+    inv_count = x.manager.global_map(x.stride).inv_counts(x.feats.dtype)
     if truncated:
         out = _InstanceNorm.apply(x.feats, batch, inv_count, eps)
     else:

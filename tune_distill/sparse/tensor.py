@@ -20,7 +20,8 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
+from typing import Callable
 
 import torch
 
@@ -28,7 +29,6 @@ Stride = tuple[int, ...]
 DENSE_LOOKUP_CELLS = 1 << 24  # above this (and 32 cells per point) look cells up by binary search
 
 
-@dataclass(frozen=True)
 class KernelMap:
     """Neighbour tables between an input and an output coordinate set.
 
@@ -37,39 +37,55 @@ class KernelMap:
     3x3x3 kernel on a flat (depth-1) grid costs 9 columns, not 27. ``table_t`` (n_in, K') is the
     transposed map, built on first use: the output row that reads each input through each offset,
     or ``n_out``. When every input feeds exactly one output (pooling windows that tile the coarse
-    grid, a sample's global pool), ``parent`` (n_in,) names it, which is all a pooling backward needs.
+    grid, a sample's global pool), ``parent`` (n_in,) names it and ``slot`` (n_in,) the column
+    through which it is read: all that a pooling backward needs.
     """
 
-    table: torch.Tensor
-    active: tuple[int, ...]
-    n_in: int
-    n_out: int
-    parent: torch.Tensor | None = None
-    mirrored: bool = False  # stride-1 map with a symmetric kernel: table_t is table, columns reversed
-    given_t: torch.Tensor | None = None
+    def __init__(self, table: torch.Tensor, active: tuple[int, ...], n_in: int, n_out: int, *,
+                 parent: torch.Tensor | None = None, slot: torch.Tensor | None = None,
+                 mirrored: bool = False, table_t: torch.Tensor | None = None):
+        self.table, self.active, self.n_in, self.n_out = table, active, n_in, n_out
+        self.parent, self.slot = parent, slot
+        self.mirrored = mirrored  # stride-1 map, symmetric kernel: table_t is table, columns reversed
+        self._table_t = table_t
+        self._inv: dict[torch.dtype, torch.Tensor] = {}
 
     @cached_property
     def table_t(self) -> torch.Tensor:
-        if self.given_t is not None:
-            return self.given_t
+        if self._table_t is not None:
+            return self._table_t
         if self.mirrored:
             # The pairs of offset -d are those of d swapped, and -d is the mirrored column.
             return self.table.flip(1)
-        k = self.table.shape[1]
-        hit = self.table < self.n_in
-        rows = torch.arange(self.n_out, device=self.table.device)[:, None].expand_as(self.table)
-        cols = torch.arange(k, device=self.table.device)[None, :].expand_as(self.table)
-        table_t = torch.full((self.n_in, k), self.n_out, dtype=torch.long, device=self.table.device)
-        table_t[self.table[hit], cols[hit]] = rows[hit]
+        table, k = self.table, self.table.shape[1]
+        hit = table < self.n_in
+        rows = torch.arange(self.n_out, device=table.device)[:, None].expand_as(table)
+        cols = torch.arange(k, device=table.device)[None, :].expand_as(table)
+        table_t = torch.full((self.n_in, k), self.n_out, dtype=torch.long, device=table.device)
+        table_t[table[hit], cols[hit]] = rows[hit]
         return table_t
 
     @cached_property
     def transposed(self) -> "KernelMap":
-        return KernelMap(self.table_t, self.active, self.n_out, self.n_in, mirrored=self.mirrored, given_t=self.table)
+        return KernelMap(self.table_t, self.active, self.n_out, self.n_in, mirrored=self.mirrored, table_t=self.table)
 
-    def count(self) -> torch.Tensor:
+    @cached_property
+    def columns(self) -> torch.Tensor:
+        """The table column by column, (K', n_out), each contiguous."""
+        return self.table.T.contiguous()
+
+    @cached_property
+    def counts(self) -> torch.Tensor:
         """Number of occupied inputs each output reads, (n_out,)."""
+        if self.parent is not None:
+            return torch.bincount(self.parent, minlength=self.n_out)
         return (self.table < self.n_in).sum(1)
+
+    def inv_counts(self, dtype: torch.dtype) -> torch.Tensor:
+        """1 / max(1, counts) as a (n_out, 1) column of ``dtype`` (what a mean divides by)."""
+        if dtype not in self._inv:
+            self._inv[dtype] = 1.0 / self.counts.clamp(min=1).to(dtype)[:, None]
+        return self._inv[dtype]
 
     def segments(self):
         """Yield (offset index, in_idx, out_idx) for every offset with at least one pair."""
@@ -79,31 +95,94 @@ class KernelMap:
             yield k, col[out], out
 
 
+class ParentMap(KernelMap):
+    """A map in which every input feeds exactly one output, its ``parent``: pooling windows that
+    tile the coarse grid, or each sample's global pool.
+
+    Average pooling needs only the parent. The slots (each input's column), the used columns and
+    the table come from ``slots()`` on first use (max pooling, a strided convolution).
+    """
+
+    def __init__(self, parent: torch.Tensor, n_out: int, slots: Callable[[], tuple[tuple[int, ...], torch.Tensor]]):
+        self.parent, self.n_in, self.n_out, self._make_slots = parent, parent.shape[0], n_out, slots
+        self.mirrored, self._table_t, self._inv = False, None, {}
+
+    @cached_property
+    def _slots(self) -> tuple[tuple[int, ...], torch.Tensor]:
+        return self._make_slots()
+
+    @property
+    def active(self) -> tuple[int, ...]:  # type: ignore[override]
+        return self._slots[0]
+
+    @property
+    def slot(self) -> torch.Tensor:  # type: ignore[override]
+        return self._slots[1]
+
+    @cached_property
+    def table(self) -> torch.Tensor:  # type: ignore[override]
+        width = len(self.active)
+        table = torch.full((self.n_out * width,), self.n_in, dtype=torch.long, device=self.parent.device)
+        table[self.parent * width + self.slot] = torch.arange(self.n_in, device=self.parent.device)
+        return table.view(self.n_out, width)
+
+
+def _window_slots(cells: torch.Tensor, kernel_size: tuple[int, ...]) -> tuple[tuple[int, ...], torch.Tensor]:
+    """Slots of cells (in input-cell units) in windows of ``kernel_size`` that start at the coarse
+    cell: C-order position inside the window, keeping (and renumbering) only the slots that occur."""
+    device = cells.device
+    slot = ((cells % torch.tensor(kernel_size, device=device)) * torch.tensor(_radix(list(kernel_size)), device=device)).sum(1)
+    k = math.prod(kernel_size)
+    active = [j for j, n in enumerate(torch.bincount(slot, minlength=k).tolist()) if n]
+    if len(active) < k:  # on a flat grid, half of a 2x2x2 window never occurs
+        column = [-1] * k
+        for c, j in enumerate(active):
+            column[j] = c
+        slot = torch.tensor(column, device=device)[slot]
+    return tuple(active), slot
+
+
+def _sample_slots(batch: torch.Tensor, count: torch.Tensor) -> tuple[tuple[int, ...], torch.Tensor]:
+    """Each row's position among its sample's rows (in row order)."""
+    order = torch.argsort(batch, stable=True)  # rows are sorted by sample already; this keeps it general
+    start = torch.cumsum(count, 0) - count
+    slot = torch.empty_like(batch)
+    slot[order] = torch.arange(batch.shape[0], device=batch.device) - start[batch[order]]
+    return tuple(range(int(count.max()) if batch.numel() else 0)), slot
+
+
+def _offsets(kernel_size: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """MinkowskiEngine's hyper-cube region in cells, in C order: odd sizes centred, even from 0."""
+    return list(itertools.product(*[range(-(k // 2), k // 2 + 1) if k % 2 else range(k) for k in kernel_size]))
+
+
 def kernel_offsets(kernel_size: tuple[int, ...], stride: Stride, device: torch.device) -> torch.Tensor:
     """MinkowskiEngine's hyper-cube region: (K, D) offsets in input-resolution units.
 
     Odd sizes are centred ({-k//2 .. k//2}), even sizes start at the output cell ({0 .. k-1}).
     Offsets are enumerated in C order, the order of a dense ``conv3d`` weight's spatial axes.
     """
-    axes = []
-    for k, s in zip(kernel_size, stride):
-        first = -(k // 2) if k % 2 else 0
-        axes.append([(first + i) * s for i in range(k)])
-    return torch.tensor(list(itertools.product(*axes)), dtype=torch.long, device=device).reshape(-1, len(stride))
+    cells = torch.tensor(_offsets(kernel_size), dtype=torch.long, device=device).reshape(-1, len(stride))
+    return cells * torch.tensor(stride, device=device)
+
+
+def _radix(extent: list[int]) -> list[int]:
+    """Mixed-radix weights: a row's key is sum_i (c_i - lo_i) * prod_{j > i} extent_j."""
+    return [math.prod(extent[i + 1 :]) for i in range(len(extent))]
+
+
+def _bounds(rows: torch.Tensor) -> tuple[list[int], list[int]]:
+    lo, hi = torch.aminmax(rows, dim=0)
+    both = torch.cat([lo, hi]).tolist()
+    return both[: rows.shape[1]], both[rows.shape[1] :]
 
 
 class _Hash:
-    """Maps coordinate rows (batch, x_1..x_D) to unique int64 keys; looks rows up."""
+    """Sorted int64 keys of coordinate rows (batch, x_1..x_D): binary-search lookups of rows."""
 
     def __init__(self, coords: torch.Tensor):
-        self.lo = coords.min(0).values
-        self.hi = coords.max(0).values
-        span = self.hi - self.lo + 1
-        # Mixed-radix weights: key = sum_i (c_i - lo_i) * prod_{j > i} span_j.
-        mult = torch.ones_like(span)
-        for i in range(span.numel() - 2, -1, -1):
-            mult[i] = mult[i + 1] * span[i + 1]
-        self.mult = mult
+        self.lo, self.hi = (torch.tensor(b, device=coords.device) for b in _bounds(coords))
+        self.mult = torch.tensor(_radix((self.hi - self.lo + 1).tolist()), device=coords.device)
         self.sorted_keys, self.order = self.key(coords).sort()
 
     def key(self, coords: torch.Tensor) -> torch.Tensor:
@@ -120,15 +199,12 @@ class _Hash:
 
 def unique_cells(cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Unique rows of an int64 (M, 1+D) tensor, sorted, and the inverse index (M,)."""
-    h = _Hash(cells)
-    keys, inverse = torch.unique(h.key(cells), sorted=True, return_inverse=True)
-    # Decode the sorted keys back to rows: invert the mixed-radix encoding.
-    rows = []
-    rem = keys
-    for i in range(cells.shape[1]):
-        rows.append(rem // h.mult[i] + h.lo[i])
-        rem = rem % h.mult[i]
-    return torch.stack(rows, 1), inverse
+    lo, hi = _bounds(cells)
+    radix = _radix([h - low + 1 for low, h in zip(lo, hi)])
+    base = sum(low * m for low, m in zip(lo, radix))
+    keys, inverse = torch.unique((cells * torch.tensor(radix, device=cells.device)).sum(1) - base, return_inverse=True)
+    # Every row sharing a key is the same row, so whichever one lands is right.
+    return cells.new_empty(keys.shape[0], cells.shape[1]).index_put_((inverse,), cells), inverse
 
 
 class CoordinateManager:
@@ -144,9 +220,16 @@ class CoordinateManager:
         self._coords: dict[Stride, torch.Tensor] = {(1,) * d: coords}
         self._maps: dict[tuple, KernelMap] = {}
         self._parents: dict[tuple[Stride, Stride], torch.Tensor] = {}
+        self._counts: dict[Stride, torch.Tensor] = {}
 
     def coords(self, stride: Stride) -> torch.Tensor:
         return self._coords[stride]
+
+    def batch_counts(self, stride: Stride) -> torch.Tensor:
+        """Occupied cells per sample at ``stride``, (batch_size,)."""
+        if stride not in self._counts:
+            self._counts[stride] = torch.bincount(self._coords[stride][:, 0], minlength=self.batch_size)
+        return self._counts[stride]
 
     def downsample(self, stride: Stride, factor: Stride) -> Stride:
         """Create (once) the coordinates at ``stride * factor``: floor each cell to the coarser grid."""
@@ -160,19 +243,12 @@ class CoordinateManager:
         return out
 
     def global_map(self, stride: Stride) -> KernelMap:
-        """Each sample's rows as one pooling window: table (batch_size, longest sample), parent = batch."""
+        """Each sample's rows as one pooling window (parent = batch index)."""
         key = ("global", stride)
         if key not in self._maps:
             batch = self._coords[stride][:, 0]
-            n, device = batch.shape[0], batch.device
-            count = torch.bincount(batch, minlength=self.batch_size)
-            width = int(count.max()) if n else 0
-            order = torch.argsort(batch, stable=True)  # rows are sorted already; this keeps it general
-            start = torch.cumsum(count, 0) - count
-            pos = torch.arange(width, device=device)
-            slot = torch.where(pos < count[:, None], start[:, None] + pos, n).clamp(max=n)
-            table = torch.cat([order, order.new_full((1,), n)])[slot]
-            self._maps[key] = KernelMap(table, tuple(range(width)), n, self.batch_size, parent=batch)
+            slots = partial(_sample_slots, batch, self.batch_counts(stride))
+            self._maps[key] = ParentMap(batch, self.batch_size, slots)
         return self._maps[key]
 
     def kernel_map(self, in_stride: Stride, out_stride: Stride, kernel_size: tuple[int, ...]) -> KernelMap:
@@ -182,48 +258,60 @@ class CoordinateManager:
         """
         key = (in_stride, out_stride, kernel_size)
         if key not in self._maps:
-            self._maps[key] = self._build(in_stride, out_stride, kernel_size)
+            tiles = all(o == i * k and (k % 2 == 0 or k == 1) for i, o, k in zip(in_stride, out_stride, kernel_size))
+            if tiles and (in_stride, out_stride) in self._parents:
+                self._maps[key] = self._tiling(in_stride, out_stride, kernel_size)
+            else:
+                self._maps[key] = self._build(in_stride, out_stride, kernel_size)
         return self._maps[key]
 
+    def _tiling(self, in_stride: Stride, out_stride: Stride, kernel_size: tuple[int, ...]) -> KernelMap:
+        fine, parent = self._coords[in_stride], self._parents[(in_stride, out_stride)]
+        cells = fine[:, 1:] if all(s == 1 for s in in_stride) else fine[:, 1:] // torch.tensor(in_stride, device=fine.device)
+        return ParentMap(parent, self._coords[out_stride].shape[0], partial(_window_slots, cells, kernel_size))
+
     def _build(self, in_stride: Stride, out_stride: Stride, kernel_size: tuple[int, ...]) -> KernelMap:
+        same = in_stride == out_stride
         fine, coarse = self._coords[in_stride], self._coords[out_stride]
         n_in, n_out, device = fine.shape[0], coarse.shape[0], fine.device
-        step = torch.tensor((1, *in_stride), device=device)
-        cells, queries = fine // step, coarse // step  # in units of input cells; column 0 is the batch
-        offsets = kernel_offsets(kernel_size, (1,) * len(in_stride), device)
-        lo_c, hi_c, lo_q, hi_q = (t.tolist() for t in (cells.amin(0), cells.amax(0), queries.amin(0), queries.amax(0)))
-        # Keep only offsets that can reach an input from some output (on a flat grid, the in-plane ones).
-        reach = [all(lq + d <= hc and hq + d >= lc for d, lq, hq, lc, hc in zip(off, lo_q[1:], hi_q[1:], lo_c[1:], hi_c[1:]))
-                 for off in offsets.tolist()]
-        keep = [k for k, r in enumerate(reach) if r]
-        offsets = offsets[keep]
+        if any(s > 1 for s in in_stride):  # work in units of input cells
+            step = torch.tensor((1, *in_stride), device=device)
+            fine = fine // step
+            coarse = fine if same else coarse // step
+        lo_c, hi_c = _bounds(fine)
+        lo_q, hi_q = (lo_c, hi_c) if same else _bounds(coarse)
+        # Per axis, keep the offsets that can reach an input from some output (on a flat grid,
+        # only 0 along the flat axis); the region is a product of axes, so the kept set is too.
+        axes = [range(-(k // 2), k // 2 + 1) if k % 2 else range(k) for k in kernel_size]
+        reach = [[d for d in r if lq + d <= hc and hq + d >= lc]
+                 for r, lq, hq, lc, hc in zip(axes, lo_q[1:], hi_q[1:], lo_c[1:], hi_c[1:])]
+        kept = list(itertools.product(*reach))
+        index = _radix(list(kernel_size))
+        keep = [sum((d - r.start) * m for d, r, m in zip(off, axes, index)) for off in kept]
         # Bounding box of the inputs and of every query (output + kept offset), batch axis first.
-        d_lo = offsets.amin(0).tolist() if keep else [0] * len(in_stride)
-        d_hi = offsets.amax(0).tolist() if keep else [0] * len(in_stride)
-        lo = [min(lc, lq + d) for lc, lq, d in zip(lo_c, lo_q, [0, *d_lo])]
-        hi = [max(hc, hq + d) for hc, hq, d in zip(hi_c, hi_q, [0, *d_hi])]
+        lo = [min(lo_c[0], lo_q[0])] + [min(lc, lq + min(r, default=0)) for lc, lq, r in zip(lo_c[1:], lo_q[1:], reach)]
+        hi = [max(hi_c[0], hi_q[0])] + [max(hc, hq + max(r, default=0)) for hc, hq, r in zip(hi_c[1:], hi_q[1:], reach)]
         extent = [h - low + 1 for low, h in zip(lo, hi)]
-        if math.prod(extent) <= max(DENSE_LOOKUP_CELLS, 32 * n_in):
+        if not kept:
+            table = torch.full((n_out, 0), n_in, dtype=torch.long, device=device)
+        elif math.prod(extent) <= max(DENSE_LOOKUP_CELLS, 32 * n_in):
             # Row of every cell of the bounding box (n_in where empty): a query is one gather.
-            lo_t = torch.tensor(lo, device=device)
-            mult = torch.tensor([math.prod(extent[i + 1 :]) for i in range(len(extent))], device=device)
+            radix = _radix(extent)
+            base = sum(low * m for low, m in zip(lo, radix))
+            shift = [sum(d * m for d, m in zip(off, radix[1:])) - base for off in kept]
+            mult_shift = torch.tensor(radix + shift, device=device)
+            key = (fine * mult_shift[: len(radix)]).sum(1)
             volume = torch.full((math.prod(extent),), n_in, dtype=torch.long, device=device)
-            volume[((cells - lo_t) * mult).sum(1)] = torch.arange(n_in, device=device)
-            shift = (offsets * mult[1:]).sum(1)
-            table = volume[((queries - lo_t) * mult).sum(1)[:, None] + shift[None, :]]
+            volume[key - base] = torch.arange(n_in, device=device)
+            query = key if same else (coarse * mult_shift[: len(radix)]).sum(1)
+            table = volume[query[:, None] + mult_shift[len(radix) :]]
         else:
-            batch_col = torch.zeros(offsets.shape[0], 1, dtype=torch.long, device=device)
-            found = _Hash(cells).lookup(queries[None, :, :] + torch.cat([batch_col, offsets], 1)[:, None, :]).T
+            batch_col = [(0, *off) for off in kept]
+            found = _Hash(fine).lookup(coarse[None, :, :] + torch.tensor(batch_col, device=device)[:, None, :]).T
             table = torch.where(found >= 0, found, torch.full_like(found, n_in))
-        used = (table < n_in).any(0).tolist()
-        if not all(used):
-            table = table[:, used]
-            keep = [k for k, u in zip(keep, used) if u]
-        tiles = all(o == i * k and (k % 2 == 0 or k == 1) for i, o, k in zip(in_stride, out_stride, kernel_size))
-        parent = self._parents.get((in_stride, out_stride)) if tiles else None
-        mirrored = (in_stride == out_stride and all(k % 2 for k in kernel_size)
-                    and keep == [len(reach) - 1 - k for k in reversed(keep)])
-        return KernelMap(table, tuple(keep), n_in, n_out, parent, mirrored)
+        # Offsets that reach the box but find no pair stay: their columns only read the zero row.
+        mirrored = same and all(k % 2 for k in kernel_size) and keep == [math.prod(kernel_size) - 1 - k for k in reversed(keep)]
+        return KernelMap(table, tuple(keep), n_in, n_out, mirrored=mirrored)
 
 
 @dataclass(frozen=True)
