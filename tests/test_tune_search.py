@@ -198,7 +198,11 @@ def test_sigint_then_resume_finishes_the_grid(ray_cluster, mnist_dir, tmp_path):
     assert (partial["status"] == "done").sum() < 6
     resumed = _driver(space_file, "interrupted", tmp_path, ray_cluster, mnist_dir, "--resume")
     assert resumed.wait(timeout=180) == 0, (tmp_path / "interrupted.log").read_text()[-3000:]
-    _assert_complete_without_repeats(load_results("interrupted", storage=tmp_path), 6, ["depth", "pooling"], 2)
+    df = load_results("interrupted", storage=tmp_path)
+    _assert_complete_without_repeats(df, 6, ["depth", "pooling"], 2)
+    # One trial at a time in one reused actor per driver session: concurrency and reuse_actors hold.
+    pids = {json.loads(line)["pid"] for d in df["trial_dir"] for line in (Path(d) / "seed_runs.jsonl").read_text().splitlines()}
+    assert len(pids) <= 2, pids
 
 
 def test_sigkill_of_the_driver_then_rerun_finishes_the_search(ray_cluster, mnist_dir, tmp_path):

@@ -112,9 +112,6 @@ class Progress(Callback):
             self.last_status = now
             self._status(trials)
 
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self._status(trials)
-
     # Output --------------------------------------------------------------------------------
     def _status(self, trials: list) -> None:
         counts: dict[str, int] = {}

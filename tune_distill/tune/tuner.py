@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import re
 import socket
@@ -125,9 +124,11 @@ def _searcher(space: SearchSpace, name: str, exp_dir: Path) -> tuple[Any, dict[s
         searcher = OptunaSearch(space=_optuna_distributions(space), metric="objective", mode=s.mode,
                                 sampler=sampler, storage=storage, study_name=name)
         return searcher, {}
+    # Tune ignores TuneConfig.max_concurrent_trials for a generator passed in: give it here.
+    limit = s.concurrency or 0
     if s.algorithm == "random":
-        return BasicVariantGenerator(random_state=space.searcher_seed), _tune_domains(space)
-    return BasicVariantGenerator(), _tune_domains(space)
+        return BasicVariantGenerator(max_concurrent=limit, random_state=space.searcher_seed), _tune_domains(space)
+    return BasicVariantGenerator(max_concurrent=limit), _tune_domains(space)
 
 
 def _scheduler(space: SearchSpace) -> Any:
@@ -162,7 +163,9 @@ def _new_tuner(space: SearchSpace, name: str, exp_dir: Path, trainable: Any, cal
     tune_config = tune.TuneConfig(
         metric="objective", mode=s.mode, search_alg=search_alg, scheduler=_scheduler(space),
         num_samples=1 if s.algorithm == "grid" else space.num_trials,
-        max_concurrent_trials=s.concurrency, time_budget_s=s.time_budget_s, reuse_actors=True,
+        # Optuna's searcher is wrapped in a ConcurrencyLimiter by Tune; the generators limit themselves.
+        max_concurrent_trials=s.concurrency if s.algorithm == "optuna" else None,
+        time_budget_s=s.time_budget_s, reuse_actors=True,
         trial_dirname_creator=trial_dirname,
     )
     run_config = tune.RunConfig(
@@ -379,5 +382,5 @@ def _announce(space: SearchSpace, name: str, exp_dir: Path, restoring: bool) -> 
     print(f"experiment folder {exp_dir}{study}", flush=True)
     if s.time_budget_s:
         print(f"time budget {s.time_budget_s:g} s", flush=True)
-    if math.isfinite(space.num_trials) and restoring:
-        print("finished trials are kept; unfinished ones continue from their last finished seed", flush=True)
+    if restoring:
+        print("finished trials are kept; unfinished ones continue after their last finished seed", flush=True)
