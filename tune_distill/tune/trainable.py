@@ -137,7 +137,7 @@ def train_trial(params: dict[str, Any], data: Dataset, plan: TrialPlan) -> None:
                 continue
             seed_config = config.replace(seed=seed)
 
-            def report(row: dict, index: int = index) -> None:
+            def report(row: dict) -> None:
                 # run() reports distillation rows (loss) and intermediate evaluations (acc_mean);
                 # only evaluations carry the objective that Tune's searcher and scheduler need.
                 if "acc_mean" in row and "loss" not in row:
