@@ -70,6 +70,20 @@ def test_conv_equals_dense_conv3d_at_occupied_cells(device, k, stride):
     torch.testing.assert_close(y.feats, at_cells(ref, y), rtol=1e-4, atol=1e-4)
 
 
+def test_group_sums_agree_for_one_and_two_threads():
+    """Per-group sums scatter-add with one thread and sum sorted segments with more."""
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        x, feats = f64_cloud(channels=3, n=60)
+        w, b = f64(3), f64(3)
+        y = ops.avg_pool(ops.instance_norm(x.replace(feats), w, b), 2, 2).feats
+        pooled = ops.global_pool(x.replace(feats), "avg")
+        results.append((y, pooled, *torch.autograd.grad((y.square().sum() + pooled.sum()), (feats, w, b))))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+
+
 def test_chunked_conv_matches_one_block(monkeypatch):
     """Large convolutions gather and multiply in row chunks; the result must not depend on it."""
     x, feats = f64_cloud(channels=3, n=60)

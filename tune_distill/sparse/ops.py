@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from .tensor import KernelMap, SparseTensor
+from .tensor import KernelMap, ParentMap, SparseTensor
 
 
 def _as_tuple(value: int | tuple[int, ...], d: int) -> tuple[int, ...]:
@@ -199,29 +199,27 @@ def _max_over(feats: torch.Tensor, kmap: KernelMap, truncated: bool) -> torch.Te
     return _Linear.apply(feats, lambda f: values, adjoint, truncated)
 
 
-def _window_sum(feats: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
-    if kmap.parent is not None:  # every input in exactly one window: one scatter-add, no table
-        return feats.new_zeros(kmap.n_out, feats.shape[1]).index_add_(0, kmap.parent, feats)
-    if kmap.table.shape[1] > 8:
-        return _gather(feats, kmap.table).sum(1)
-    padded, columns = _padded(feats), kmap.columns
-    total = padded.index_select(0, columns[0])
-    for j in range(1, columns.shape[0]):
-        total = total + padded.index_select(0, columns[j])
-    return total
+def group_mean(rows: torch.Tensor, groups: ParentMap, truncated: bool = False) -> torch.Tensor:
+    """Mean of each group's rows, (n_out, C); its backward is a gather, differentiable twice."""
+    inv_count = groups.inv_counts(rows.dtype)
+    return _Linear.apply(rows, lambda f: groups.sum_rows(f) * inv_count,
+                         lambda grad: (grad * inv_count).index_select(0, groups.parent), truncated)
 
 
 def _mean_over(feats: torch.Tensor, kmap: KernelMap, truncated: bool) -> torch.Tensor:
     """Mean over each output's occupied inputs."""
+    if isinstance(kmap, ParentMap):  # every input in exactly one window
+        return group_mean(feats, kmap, truncated)
     inv_count = kmap.inv_counts(feats.dtype)
 
-    def adjoint(grad: torch.Tensor) -> torch.Tensor:
-        scaled = grad * inv_count
-        if kmap.parent is not None:
-            return scaled.index_select(0, kmap.parent)
-        return _gather(scaled, kmap.table_t).sum(1)
+    def window_sum(f: torch.Tensor) -> torch.Tensor:
+        padded, columns = _padded(f), kmap.columns
+        total = padded.index_select(0, columns[0])
+        for j in range(1, columns.shape[0]):
+            total = total + padded.index_select(0, columns[j])
+        return total * inv_count
 
-    return _Linear.apply(feats, lambda f: _window_sum(f, kmap) * inv_count, adjoint, truncated)
+    return _Linear.apply(feats, window_sum, lambda grad: _gather(grad * inv_count, kmap.table_t).sum(1), truncated)
 
 
 def max_pool(x: SparseTensor, kernel_size: int | tuple[int, ...] = 2, stride: int | tuple[int, ...] = 2,
@@ -247,14 +245,11 @@ def global_pool(x: SparseTensor, mode: str = "avg", truncated: bool = False) -> 
     return out * kmap.counts.clamp(min=1).to(out.dtype)[:, None] if mode == "sum" else out
 
 
-def _per_sample_mean(feats: torch.Tensor, batch: torch.Tensor, inv_count: torch.Tensor) -> torch.Tensor:
-    return feats.new_zeros(inv_count.shape[0], feats.shape[1]).index_add_(0, batch, feats) * inv_count
-
-
-def _normalise(feats: torch.Tensor, batch: torch.Tensor, inv_count: torch.Tensor, eps: float):
+def _normalise(feats: torch.Tensor, samples: ParentMap, eps: float):
     """(x - mean) / sqrt(var + eps) per sample (biased variance); also returns 1 / std."""
-    centred = feats - _per_sample_mean(feats, batch, inv_count).index_select(0, batch)
-    inv_std = torch.rsqrt(_per_sample_mean(centred * centred, batch, inv_count) + eps)
+    batch = samples.parent
+    centred = feats - group_mean(feats, samples).index_select(0, batch)
+    inv_std = torch.rsqrt(group_mean(centred * centred, samples) + eps)
     return centred * inv_std.index_select(0, batch), inv_std
 
 
@@ -262,19 +257,22 @@ class _InstanceNorm(torch.autograd.Function):
     """MinkowskiEngine's instance norm function: one op, analytic backward, no double backward."""
 
     @staticmethod
-    def forward(ctx, feats, batch, inv_count, eps):
-        out, inv_std = _normalise(feats, batch, inv_count, eps)
-        ctx.save_for_backward(out, inv_std, batch, inv_count)
+    def forward(ctx, feats, samples: ParentMap, eps: float):
+        out, inv_std = _normalise(feats, samples, eps)
+        ctx.samples = samples
+        ctx.save_for_backward(out, inv_std)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        out, inv_std, batch, inv_count = ctx.saved_tensors
+        out, inv_std = ctx.saved_tensors
+        samples = ctx.samples
+        batch, inv_count = samples.parent, samples.inv_counts(grad.dtype)
         with torch.no_grad():
-            mean_grad = _per_sample_mean(grad, batch, inv_count).index_select(0, batch)
-            mean_grad_out = _per_sample_mean(grad * out, batch, inv_count).index_select(0, batch)
+            mean_grad = (samples.sum_rows(grad) * inv_count).index_select(0, batch)
+            mean_grad_out = (samples.sum_rows(grad * out) * inv_count).index_select(0, batch)
             grad_in = (grad - mean_grad - out * mean_grad_out) * inv_std.index_select(0, batch)
-        return grad_in, None, None, None
+        return grad_in, None, None
 
 
 def instance_norm(x: SparseTensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
@@ -285,12 +283,11 @@ def instance_norm(x: SparseTensor, weight: torch.Tensor | None = None, bias: tor
     Truncated, the normalisation is one function without double backward, as MinkowskiEngine's
     ``MinkowskiInstanceNorm``; the affine is plain PyTorch in both engines.
     """
-    batch = x.coords[:, 0]
-    inv_count = x.manager.global_map(x.stride).inv_counts(x.feats.dtype)
+    samples = x.manager.global_map(x.stride)
     if truncated:
-        out = _InstanceNorm.apply(x.feats, batch, inv_count, eps)
+        out = _InstanceNorm.apply(x.feats, samples, eps)
     else:
-        out, _ = _normalise(x.feats, batch, inv_count, eps)
+        out, _ = _normalise(x.feats, samples, eps)
     if weight is not None:
         out = out * weight
     if bias is not None:

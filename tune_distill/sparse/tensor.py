@@ -103,12 +103,32 @@ class ParentMap(KernelMap):
     the table come from ``slots()`` on first use (max pooling, a strided convolution).
     """
 
-    def __init__(self, parent: torch.Tensor, n_out: int, slots: Callable[[], tuple[tuple[int, ...], torch.Tensor]]):
+    def __init__(self, parent: torch.Tensor, n_out: int,
+                 slots: Callable[[], tuple[tuple[int, ...], torch.Tensor]] | None = None):
         self.parent, self.n_in, self.n_out, self._make_slots = parent, parent.shape[0], n_out, slots
         self.mirrored, self._table_t, self._inv = False, None, {}
 
     @cached_property
+    def order(self) -> torch.Tensor | None:
+        """The rows sorted by parent, or None when they already are (rows sorted by cell are)."""
+        p = self.parent
+        if p.numel() < 2 or bool((p[1:] >= p[:-1]).all()):
+            return None
+        return torch.argsort(p, stable=True)
+
+    def sum_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Each output's sum of its rows, (n_out, C) (first-order differentiable only)."""
+        if rows.device.type != "cpu" or torch.get_num_threads() == 1:
+            return rows.new_zeros(self.n_out, rows.shape[1]).index_add_(0, self.parent, rows)
+        # With several threads, torch's CPU scatter-add opens parallel regions even for tiny
+        # inputs, which cost milliseconds each when the cores are shared: sum sorted segments.
+        if self.order is not None:
+            rows = rows.index_select(0, self.order)
+        return torch.segment_reduce(rows, "sum", lengths=self.counts)
+
+    @cached_property
     def _slots(self) -> tuple[tuple[int, ...], torch.Tensor]:
+        assert self._make_slots is not None, "this map has no windows"
         return self._make_slots()
 
     @property
@@ -353,8 +373,7 @@ class SparseTensor:
         hi = torch.tensor(spatial_shape, device=points.device) - 1
         cells = torch.minimum(points.detach().round().clamp(min=0), hi).long()
         coords, inverse = unique_cells(torch.cat([batch[:, None], cells], 1))
-        n = coords.shape[0]
-        summed = feats.new_zeros(n, feats.shape[1]).index_add(0, inverse, feats)
-        count = torch.bincount(inverse, minlength=n).to(feats.dtype)
         manager = CoordinateManager(coords, spatial_shape, batch_size)
-        return SparseTensor(summed / count[:, None], (1,) * len(spatial_shape), manager)
+        from .ops import group_mean  # ops builds on this module
+
+        return SparseTensor(group_mean(feats, ParentMap(inverse, coords.shape[0])), (1,) * len(spatial_shape), manager)
