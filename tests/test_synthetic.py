@@ -57,3 +57,19 @@ def test_project_pins_and_clamps():
     pts = torch.tensor([[[3.0, -2.0, 40.0], [0.5, 12.5, 27.4]]])
     project(pts, (1, 28, 28))
     assert pts.tolist() == [[[0.0, 0.0, 27.0], [0.0, 12.5, 27.0]]]
+
+
+def test_snap_keeps_the_heaviest_cells_as_distinct_points():
+    from tune_distill.data.base import PointBatch
+    from tune_distill.encoding import Encoding
+    from tune_distill.synthetic import snap
+
+    # Two points half-way between cells: the splat has 4 half cells; rounding would render 2 pixels.
+    pts = torch.tensor([[[0.0, 5.5, 5.0], [0.0, 9.0, 9.5], [0.0, 9.0, 9.5]]])
+    occupancy = Encoding("splat")(PointBatch.from_padded(pts), (1, 28, 28), sparse=False)[:, 0]
+    snapped = snap(pts, occupancy)
+    assert snapped.shape == pts.shape and torch.equal(snapped, snapped.round())
+    cells = {tuple(p) for p in snapped[0, :, 1:].int().tolist()}
+    # Mass 0.5 + 0.5 (first point) + 1 + 1 (the doubled point) = 3 -> k = 3: both full cells and
+    # one of the half cells; every point sits on a cell and the render has 3 pixels, not 2.
+    assert len(cells) == 3 and {(9, 9), (9, 10)} < cells and cells & {(5, 5), (6, 5)}

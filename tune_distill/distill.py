@@ -10,6 +10,7 @@ set for ``inner_loop`` steps.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable
 
@@ -23,7 +24,7 @@ from .data.base import Clouds, PointBatch
 from .encoding import Encoding
 from .matching import distribution_match, gradient_match
 from .nets import build_distill_net
-from .synthetic import project
+from .synthetic import project, snap
 
 Report = Callable[[dict], None]
 
@@ -84,6 +85,14 @@ def distill(
     def encode(batch: PointBatch):
         return enc(batch, grid_shape, sparse)
 
+    def snap_points() -> None:
+        """Move every point onto distinct top cells of its cloud's soft splat (see ``snap``)."""
+        soft = dataclasses.replace(enc, straight_through=False)
+        with torch.no_grad():
+            occupancy = soft(PointBatch.from_padded(syn), grid_shape, sparse=False)[:, 0]
+            syn.copy_(snap(syn, occupancy))
+        opt.state.clear()  # momentum belonged to the points' old places
+
     def real_batch(c: int, n: int) -> PointBatch:
         members = by_class[c]
         pick = members[torch.randperm(len(members), generator=real_gen)[:n].to(device)]
@@ -114,6 +123,8 @@ def distill(
         if evaluate_at is not None and it in cfg.eval_at:
             evaluate_at(it, syn.detach())
         project(syn, grid_shape)
+        if cfg.snap_every and it > 0 and it % cfg.snap_every == 0:
+            snap_points()
         net = networks.at(it)
         for outer in range(cfg.outer_loop):
             loss = syn.new_zeros(())
@@ -151,6 +162,8 @@ def distill(
             if report is not None:
                 report(dict(row))
     project(syn, grid_shape)
+    if cfg.snap_final:
+        snap_points()
     syn.requires_grad_(False)
     return history
 

@@ -120,3 +120,21 @@ def init_synthetic(
             out = out + noise * torch.randn(out.shape, generator=generator)
     project(out, grid_shape)
     return out.contiguous(), labels
+
+
+def snap(points: torch.Tensor, occupancy: torch.Tensor) -> torch.Tensor:
+    """Re-place each cloud's points on distinct cells: its k most occupied ones.
+
+    ``occupancy`` (N, cells) is each cloud's soft occupancy on the flattened grid (a splat), and
+    k is its total mass rounded, so the binary render keeps the mass where it is largest
+    instead of losing every half-covered cell to rounding. Points beyond k repeat the top cells
+    (they render nothing new and are free to move again).
+    """
+    n, p, _ = points.shape
+    grid_shape = occupancy.shape[1:]
+    flat = occupancy.reshape(n, -1)
+    k = flat.sum(1).round().long().clamp(1, p)
+    order = flat.argsort(1, descending=True)
+    slot = torch.arange(p, device=points.device)[None, :] % k[:, None]
+    cells = order.gather(1, slot)
+    return torch.stack(torch.unravel_index(cells, grid_shape), -1).to(points.dtype)
