@@ -226,6 +226,21 @@ def test_kernel_map_matches_brute_force(k, stride):
     assert found == brute_force_pairs(x, out_stride, k)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_binary_search_lookup_gives_the_same_map(monkeypatch, stride):
+    """Sparse clouds in a large box are looked up by binary search instead of a dense volume."""
+    from tune_distill.sparse import tensor
+
+    x = cloud(40, 2, 1, grid=(40, 40, 40), seed=4)
+    out = x.manager.downsample(x.stride, (stride,) * 3) if stride > 1 else x.stride
+    dense = x.manager.kernel_map(x.stride, out, (3, 3, 3))
+    monkeypatch.setattr(tensor, "DENSE_LOOKUP_CELLS", 0)
+    fresh = tensor.CoordinateManager(x.coords, (40, 40, 40), 2)
+    fresh.downsample(x.stride, (stride,) * 3)
+    searched = fresh.kernel_map(x.stride, out, (3, 3, 3))
+    assert searched.active == dense.active and torch.equal(searched.table, dense.table)
+
+
 def test_kernel_maps_are_built_once_and_reused():
     x = cloud(100, 2, 3)
     m = x.manager

@@ -1,12 +1,12 @@
 """Sparse operations: convolution, pooling over occupied cells, instance norm, global pooling.
 
 Each op gathers rows through a kernel map's neighbour table (``KernelMap``) and does dense math
-on them: one GEMM for a convolution over all its offsets, a max or a sum over the window for
-pooling. Backward passes are the same kind of gather over the transposed table -- no scatter-add,
-no loop over offsets or points. The ops are autograd functions whose backward is itself written
-in differentiable PyTorch, so autograd gives first *and* second derivatives: gradient matching
-differentiates the synthetic set's weight gradients with respect to its features, which needs
-double backward.
+on them: one GEMM for a convolution over all its offsets, a max over the window for pooling.
+Averages over groups (pooling windows that tile the grid, samples) are one segment sum. Backward
+passes are the same kind of gather over the transposed table; there is no loop over offsets or
+points. The ops are autograd functions whose backward is itself written in differentiable
+PyTorch, so autograd gives first *and* second derivatives: gradient matching differentiates the
+synthetic set's weight gradients with respect to its features, which needs double backward.
 
 MinkowskiEngine's ops are custom autograd functions whose backward is not differentiable, so
 under gradient matching its layers' weight gradients are constants with respect to the input.
@@ -35,10 +35,14 @@ def _grad_mode(truncated: bool):
     return torch.set_grad_enabled(torch.is_grad_enabled() and not truncated)
 
 
+def _padded(rows: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
+    """``rows`` and one more row of ``fill``: what a table's "empty" index ``len(rows)`` reads."""
+    return torch.cat([rows, rows.new_full((1, rows.shape[1]), fill)])
+
+
 def _gather(rows: torch.Tensor, table: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
     """``rows[table]`` as (*table.shape, C), where the index ``len(rows)`` reads ``fill``."""
-    padded = torch.cat([rows, rows.new_full((1, rows.shape[1]), fill)])
-    return padded.index_select(0, table.reshape(-1)).view(*table.shape, rows.shape[1])
+    return _padded(rows, fill).index_select(0, table.reshape(-1)).view(*table.shape, rows.shape[1])
 
 
 class _Linear(torch.autograd.Function):
@@ -63,10 +67,6 @@ def _row_chunks(n_rows: int, row_bytes: int) -> list[slice]:
     mmapped, and page-faulting it in costs as much as the GEMM itself on this kind of machine."""
     step = max(1, CHUNK_BYTES // max(row_bytes, 1))
     return [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
-
-
-def _padded(rows: torch.Tensor) -> torch.Tensor:
-    return torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
 
 
 def _conv_forward(feats: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, keep: list | None = None):
@@ -170,8 +170,7 @@ def _window_max(feats: torch.Tensor, kmap: KernelMap) -> tuple[torch.Tensor, tor
     if kmap.table.shape[1] > 8:  # wide windows (a sample's global pool): one gather, one reduction
         return _gather(feats, kmap.table, float("-inf")).max(1)
     # Narrow windows: a running max over the columns, one (n_out, C) slab at a time.
-    padded = torch.cat([feats, feats.new_full((1, feats.shape[1]), float("-inf"))])
-    columns = kmap.columns
+    padded, columns = _padded(feats, float("-inf")), kmap.columns
     best = padded.index_select(0, columns[0])
     arg = torch.zeros(best.shape, dtype=torch.uint8, device=feats.device)
     for j in range(1, columns.shape[0]):

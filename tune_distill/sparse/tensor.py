@@ -5,14 +5,17 @@ feature row per cell. As in MinkowskiEngine, coordinates stay in input-resolutio
 at stride ``s`` has coordinates that are multiples of ``s``, and a kernel's offsets are scaled by
 the stride of its input. Every tensor derived from one input shares a ``CoordinateManager``,
 which owns the coordinate set at each stride and caches kernel maps, so a network that convolves
-twice at the same stride builds the map once. Rows are always sorted by cell (batch index first).
+twice at the same stride builds the map once. The coordinate sets it builds are sorted by cell
+(batch index first).
 
 A kernel map is a pair of neighbour *tables* rather than a list of pairs: ``table[o, j]`` is the
 input row that output row o reads through the j-th offset, ``table_t`` the same seen from the
-inputs. Operations then run as gathers (``index_select``) and dense GEMMs, never scatters, and a
-backward pass is the same kind of gather over the transposed table. Tables are filled by direct
-indexing into a dense volume over the cells' bounding box (or, for huge sparse boxes, by binary
-search over sorted cell keys): no Python loop over points, the same code on CPU and CUDA.
+inputs. Operations then run as gathers (``index_select``) and dense GEMMs, and a backward pass is
+the same kind of gather over the transposed table. Tables are filled by direct indexing into a
+dense volume over the cells' bounding box (or, for huge sparse boxes, by binary search over
+sorted cell keys): no Python loop over points, the same code on CPU and CUDA. Maps in which every
+input has a single output (tiling pooling windows, a sample's pool) are ``ParentMap``s, which an
+average needs nothing more of than the parent of each row.
 """
 
 from __future__ import annotations
@@ -171,9 +174,9 @@ def _sample_slots(batch: torch.Tensor, count: torch.Tensor) -> tuple[tuple[int, 
     return tuple(range(int(count.max()) if batch.numel() else 0)), slot
 
 
-def _offsets(kernel_size: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """MinkowskiEngine's hyper-cube region in cells, in C order: odd sizes centred, even from 0."""
-    return list(itertools.product(*[range(-(k // 2), k // 2 + 1) if k % 2 else range(k) for k in kernel_size]))
+def _axis_offsets(kernel_size: tuple[int, ...]) -> list[range]:
+    """MinkowskiEngine's hyper-cube region, per axis in cells: odd sizes centred, even from 0."""
+    return [range(-(k // 2), k // 2 + 1) if k % 2 else range(k) for k in kernel_size]
 
 
 def kernel_offsets(kernel_size: tuple[int, ...], stride: Stride, device: torch.device) -> torch.Tensor:
@@ -182,7 +185,8 @@ def kernel_offsets(kernel_size: tuple[int, ...], stride: Stride, device: torch.d
     Odd sizes are centred ({-k//2 .. k//2}), even sizes start at the output cell ({0 .. k-1}).
     Offsets are enumerated in C order, the order of a dense ``conv3d`` weight's spatial axes.
     """
-    cells = torch.tensor(_offsets(kernel_size), dtype=torch.long, device=device).reshape(-1, len(stride))
+    cells = torch.tensor(list(itertools.product(*_axis_offsets(kernel_size))), dtype=torch.long, device=device)
+    cells = cells.reshape(-1, len(stride))
     return cells * torch.tensor(stride, device=device)
 
 
@@ -302,7 +306,7 @@ class CoordinateManager:
         lo_q, hi_q = (lo_c, hi_c) if same else _bounds(coarse)
         # Per axis, keep the offsets that can reach an input from some output (on a flat grid,
         # only 0 along the flat axis); the region is a product of axes, so the kept set is too.
-        axes = [range(-(k // 2), k // 2 + 1) if k % 2 else range(k) for k in kernel_size]
+        axes = _axis_offsets(kernel_size)
         reach = [[d for d in r if lq + d <= hc and hq + d >= lc]
                  for r, lq, hq, lc, hc in zip(axes, lo_q[1:], hi_q[1:], lo_c[1:], hi_c[1:])]
         kept = list(itertools.product(*reach))
