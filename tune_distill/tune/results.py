@@ -74,10 +74,10 @@ def experiment_dir(name_or_path: str | os.PathLike, storage: str | os.PathLike |
     """
     as_path = Path(name_or_path)
     if (as_path / SPACE_FILE).is_file():
-        return as_path
+        return as_path.resolve()  # absolute: paths in the results stay valid from any directory
     candidate = storage_dir(storage) / str(name_or_path)
     if (candidate / SPACE_FILE).is_file():
-        return candidate
+        return candidate.resolve()
     existing = list_experiments(storage)
     where = storage_dir(storage)
     listed = f"existing: {', '.join(existing)}" if existing else "none exist yet (start one with tune-distill search SPACE.yaml)"
