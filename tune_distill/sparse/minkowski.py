@@ -79,12 +79,6 @@ class MinkowskiTensor:
     st: Any  # MinkowskiEngine.SparseTensor
     batch_size: int
 
-    def replace(self, feats: torch.Tensor) -> "MinkowskiTensor":
-        me = _import_me()
-        st = me.SparseTensor(feats, coordinate_map_key=self.st.coordinate_map_key,
-                             coordinate_manager=self.st.coordinate_manager)
-        return MinkowskiTensor(st, self.batch_size)
-
 
 class MinkowskiBackend:
     """The sparse network's layers on MinkowskiEngine; weights stay in our layout."""
@@ -110,7 +104,9 @@ class MinkowskiBackend:
             self._kernels[key] = self.me.KernelGenerator(kernel_size=ks, stride=st, dilation=1, dimension=d)
         return ks, self._kernels[key]
 
-    def _new(self, x: MinkowskiTensor, feats: torch.Tensor, key) -> MinkowskiTensor:
+    def _new(self, x: MinkowskiTensor, feats: torch.Tensor, key=None) -> MinkowskiTensor:
+        """Features on ``x``'s manager, at coordinate map ``key`` (default: ``x``'s own cells)."""
+        key = x.st.coordinate_map_key if key is None else key
         st = self.me.SparseTensor(feats, coordinate_map_key=key, coordinate_manager=x.st.coordinate_manager)
         return MinkowskiTensor(st, x.batch_size)
 
@@ -138,10 +134,10 @@ class MinkowskiBackend:
         # MinkowskiInstanceNorm's own function (variance eps 1e-8), then the affine in plain torch.
         normed = self.me.MinkowskiInstanceNormFunction.apply(x.st.F, x.st.coordinate_map_key, None,
                                                              x.st.coordinate_manager)
-        return x.replace(normed * weight + bias)
+        return self._new(x, normed * weight + bias)
 
     def relu(self, x: MinkowskiTensor) -> MinkowskiTensor:
-        return x.replace(torch.relu(x.st.F))
+        return self._new(x, torch.relu(x.st.F))
 
     def _pool(self, x: MinkowskiTensor, mode, kernel_size, stride) -> MinkowskiTensor:
         _, gen = self._generator(kernel_size, stride, x.st.D)
