@@ -212,6 +212,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_table(args: argparse.Namespace) -> int:
+    from .table import load_table, render_markdown, run_table
+
+    spec = load_table(args.spec)  # every cell's config validated before anything runs
+    root = Path(args.storage or "results") / f"table-{spec.name}"
+    if not args.no_run:
+        from .data import load_dataset
+
+        first = spec.config(spec.rows[0], spec.ipcs[0], spec.seeds[0])
+        data = load_dataset(first.dataset, args.data_dir, threshold=first.threshold)
+        rows = args.rows.split(",") if args.rows else None
+        run_table(spec, root, data, rows=rows, ipcs=args.ipc, log=lambda line: print(line, flush=True))
+    markdown = render_markdown(spec, root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "table.md").write_text(markdown)
+    print(markdown, end="")
+    print(f"(from the run folders under {root}/; written to {root / 'table.md'})")
+    return 0
+
+
 def _add_search_commands(sub: Any) -> None:
     storage_help = "folder holding experiments (default: results)"
     p = sub.add_parser("search", help="a hyperparameter search (Ray Tune + Optuna) over a YAML search space")
@@ -284,6 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_baseline)
 
     _add_search_commands(sub)
+
+    p = sub.add_parser("table", help="run a results table's missing cells (a spec in tables/) and print it as markdown")
+    p.add_argument("spec", help="table spec, e.g. tables/mnist.yaml")
+    p.add_argument("--no-run", action="store_true", help="only render what is on disk")
+    p.add_argument("--rows", metavar="ROW[,ROW]", help="only these rows (label or slug)")
+    p.add_argument("--ipc", type=int, action="append", help="only this IPC (repeatable)")
+    p.add_argument("--storage", metavar="DIR", help="folder holding results (default: results)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with the MNIST files (else $TUNE_DISTILL_DATA, else a cache)")
+    p.set_defaults(func=cmd_table)
     return parser
 
 

@@ -1,0 +1,57 @@
+"""Results tables: every cell is a run folder on disk; rendering reads them back; runs resume."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tune_distill.cli import main
+from tune_distill.errors import UserError
+from tune_distill.table import load_table
+
+SPEC = {
+    "name": "tiny",
+    "ipc": [1],
+    "seeds": [0, 1],
+    "protocol": {"val_size": 5000, "eval_split": "test", "eval_test_size": 200, "eval_models": 1,
+                 "eval_epochs": 3, "eval_width": 16},
+    "rows": [
+        {"label": "baseline: random real", "preset": "quick", "set": {"init": "real", "iterations": 0},
+         "paper": {1: 61.0}},
+        {"label": "tiny distill", "preset": "quick", "set": {"iterations": 2, "batch_real": 8, "width": 8}},
+    ],
+}
+
+
+def _write(tmp_path, spec):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_table_runs_cells_once_and_renders_from_disk(tmp_path, mnist_dir, capsys):
+    spec = _write(tmp_path, SPEC)
+    data = ["--data-dir", str(mnist_dir)] if mnist_dir else []
+    assert main(["table", str(spec), "--storage", str(tmp_path), *data]) == 0
+    cells = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("table-tiny/*/ipc1/seed*/metrics.json"))
+    assert cells == [f"table-tiny/{row}/ipc1/seed{s}/metrics.json" for row in ("baseline-random-real", "tiny-distill")
+                     for s in (0, 1)]
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("table-tiny/*/ipc1/seed*/metrics.json")}
+    first = capsys.readouterr().out
+    assert "| baseline: random real |" in first and "| 61.0 |" in first
+    # A second call finds every cell on disk: nothing reruns, the same table comes out.
+    assert main(["table", str(spec), "--storage", str(tmp_path), *data]) == 0
+    assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
+    assert capsys.readouterr().out.splitlines()[:4] == [ln for ln in first.splitlines() if ln.startswith("|")][:4]
+    table = (tmp_path / "table-tiny" / "table.md").read_text()
+    assert table.count("\n") == 4 and "± " in table
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"rows": []}, "no rows"),
+    ({"colour": 1}, "unknown key 'colour'"),
+    ({"rows": [{"label": "x", "set": {"dept": 2}}]}, "table row 'x' (ipc 1): unknown config key 'dept'"),
+])
+def test_bad_specs_are_one_line_errors(tmp_path, change, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_table(_write(tmp_path, {**SPEC, **change}))

@@ -1,0 +1,153 @@
+"""Results tables: named rows of configs, each run over several seeds under one protocol.
+
+A table spec (YAML, see ``tables/mnist.yaml``) lists rows (a preset and/or a config file plus
+overrides), the IPC values, the seeds and the evaluation protocol shared by every cell. Running a
+table runs each missing (row, ipc, seed) cell and stores it as an ordinary run folder under
+``results/table-<name>/<row>/ipc<N>/seed<S>/``; rendering reads those folders back, so the
+markdown is always regenerated from experiments on disk, and an interrupted table resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import yaml
+
+from .config import Config, load_config_file, make_config
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: how to build its config at a given IPC."""
+
+    label: str
+    preset: str | None = None
+    config: str | None = None
+    overrides: dict = field(default_factory=dict)
+    per_ipc: dict = field(default_factory=dict)  # ipc -> extra overrides
+    paper: dict = field(default_factory=dict)  # ipc -> the paper's number (%)
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.label.lower()).strip("-")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    rows: list[Row]
+    ipcs: list[int]
+    seeds: list[int]
+    protocol: dict
+    base_dir: Path  # where config paths in the spec are resolved from
+
+    def config(self, row: Row, ipc: int, seed: int) -> Config:
+        values: dict[str, Any] = {}
+        if row.config:
+            values.update(load_config_file(self.base_dir / row.config))
+        values.update(row.overrides)
+        values.update(row.per_ipc.get(ipc, {}))
+        values.update(self.protocol)
+        values.update(ipc=ipc, seed=seed)
+        try:
+            return make_config(values, preset=row.preset)
+        except UserError as exc:
+            raise UserError(f"table row {row.label!r} (ipc {ipc}): {exc}") from None
+
+
+def load_table(path: str | Path) -> TableSpec:
+    """Read and validate a table spec; every cell's config is checked before anything runs."""
+    path = Path(path)
+    raw = load_config_file(path)
+    unknown = set(raw) - {"name", "rows", "ipc", "seeds", "protocol"}
+    if unknown:
+        raise UserError(f"table {path}: unknown key {sorted(unknown)[0]!r}; allowed: name, rows, ipc, seeds, protocol")
+    rows = []
+    for i, r in enumerate(raw.get("rows") or []):
+        extra = set(r) - {"label", "preset", "config", "set", "ipc_set", "paper"}
+        if "label" not in r or extra:
+            raise UserError(f"table {path}: row {i + 1} needs a label and only preset/config/set/ipc_set/paper")
+        rows.append(Row(r["label"], r.get("preset"), r.get("config"), r.get("set") or {},
+                        {int(k): v for k, v in (r.get("ipc_set") or {}).items()},
+                        {int(k): v for k, v in (r.get("paper") or {}).items()}))
+    if not rows:
+        raise UserError(f"table {path}: no rows")
+    spec = TableSpec(raw.get("name") or path.stem, rows, [int(i) for i in raw.get("ipc", [1])],
+                     [int(s) for s in raw.get("seeds", [0, 1, 2, 3, 4])], raw.get("protocol") or {}, path.parent)
+    for row in spec.rows:
+        for ipc in spec.ipcs:
+            spec.config(row, ipc, spec.seeds[0])
+    return spec
+
+
+def cell_dir(root: Path, row: Row, ipc: int, seed: int) -> Path:
+    return root / row.slug / f"ipc{ipc}" / f"seed{seed}"
+
+
+def run_table(spec: TableSpec, root: Path, data, rows: list[str] | None = None, ipcs: list[int] | None = None,
+              log: Callable[[str], None] = print) -> None:
+    """Run every missing cell (skipping finished ones), saving each as a run folder."""
+    from .artifacts import save_run
+    from .run import run
+
+    for row in spec.rows:
+        if rows and row.slug not in rows and row.label not in rows:
+            continue
+        for ipc in spec.ipcs:
+            if ipcs and ipc not in ipcs:
+                continue
+            for seed in spec.seeds:
+                out = cell_dir(root, row, ipc, seed)
+                if (out / "metrics.json").exists():
+                    continue
+                result = run(spec.config(row, ipc, seed), data=data)
+                save_run(result, out)
+                log(f"{row.label} | ipc {ipc} | seed {seed}: {100 * result.acc_mean:.2f} % "
+                    f"({result.seconds:.0f} s) -> {out}")
+
+
+def collect(spec: TableSpec, root: Path) -> list[dict]:
+    """One record per (row, ipc) with the per-seed test (and val) means found on disk."""
+    records = []
+    for row in spec.rows:
+        for ipc in spec.ipcs:
+            test, val, seconds = [], [], []
+            for seed in spec.seeds:
+                f = cell_dir(root, row, ipc, seed) / "metrics.json"
+                if f.exists():
+                    m = json.loads(f.read_text())
+                    test.append(100 * m["acc_mean"])
+                    seconds.append(m["seconds"])
+                    if "val_acc_mean" in m:
+                        val.append(100 * m["val_acc_mean"])
+            records.append({"row": row.label, "ipc": ipc, "seeds": len(test), "test": test, "val": val,
+                            "paper": row.paper.get(ipc), "seconds": seconds})
+    return records
+
+
+def _cell(values: list[float]) -> str:
+    return f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else "—"
+
+
+def render_markdown(spec: TableSpec, root: Path) -> str:
+    """The table as markdown: per IPC, test mean ± std over seeds (std across seeds), val, paper."""
+    records = collect(spec, root)
+    lines = []
+    ipcs = spec.ipcs
+    head = ["method"] + [f"IPC {i}: test %" for i in ipcs] + [f"IPC {i}: val %" for i in ipcs] + \
+        [f"paper, IPC {i}" for i in ipcs] + ["seeds"]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    for row in spec.rows:
+        mine = {r["ipc"]: r for r in records if r["row"] == row.label}
+        cells = [row.label] + [_cell(mine[i]["test"]) for i in ipcs] + [_cell(mine[i]["val"]) for i in ipcs]
+        cells += [f"{mine[i]['paper']}" if mine[i]["paper"] is not None else "—" for i in ipcs]
+        cells.append(" / ".join(str(mine[i]["seeds"]) for i in ipcs))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
