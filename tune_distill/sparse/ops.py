@@ -201,6 +201,8 @@ def _max_over(feats: torch.Tensor, kmap: KernelMap, truncated: bool) -> torch.Te
 def group_mean(rows: torch.Tensor, groups: ParentMap, truncated: bool = False) -> torch.Tensor:
     """Mean of each group's rows, (n_out, C); its backward is a gather, differentiable twice."""
     inv_count = groups.inv_counts(rows.dtype)
+    if not (rows.requires_grad and torch.is_grad_enabled()):  # e.g. inside another op's forward
+        return groups.sum_rows(rows) * inv_count
     return _Linear.apply(rows, lambda f: groups.sum_rows(f) * inv_count,
                          lambda grad: (grad * inv_count).index_select(0, groups.parent), truncated)
 
