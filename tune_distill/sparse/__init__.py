@@ -1,6 +1,8 @@
 """A sparse tensor engine in pure PyTorch with MinkowskiEngine's semantics.
 
-``tensor`` holds the data structure and kernel maps, ``ops`` the differentiable operations.
+``tensor`` holds the data structure and kernel maps, ``ops`` the differentiable operations,
+``backend`` the interface a network runs on, and ``minkowski`` the same interface on
+MinkowskiEngine (optional; imported only when asked for).
 """
 
 from .ops import avg_pool, conv, dense_shape, global_pool, instance_norm, max_pool, to_dense
