@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 from pathlib import Path
@@ -127,8 +128,6 @@ def have_openblas(workdir: Path) -> bool:
 def ensure_build_tools(workdir: Path) -> None:
     if not (os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")):
         raise Failure("no C++ compiler found; install g++ (Debian/Ubuntu: apt-get install -y g++) and rerun")
-    import sysconfig
-
     if not Path(sysconfig.get_paths()["include"], "Python.h").exists():
         raise Failure("Python.h not found; install the Python development headers (e.g. python3-dev) and rerun")
     if have_openblas(workdir):
