@@ -41,8 +41,8 @@ class Config(BaseModel):
     splat_sigma: float = Field(0.5, gt=0, le=4, description="std (cells) of the gaussian splat")
     splat_combine: Literal["clamp", "soft_or"] = "clamp"
     straight_through: bool = Field(False, description="splat: forward the evaluator's binary render, backward the splat")
-    snap_every: int = Field(0, ge=0, description="splat: every N iterations re-place points on their top-k cells (0: never)")
-    snap_final: bool = Field(False, description="splat: re-place points on their top-k cells after the last iteration")
+    snap_every: int = Field(0, ge=0, description="every N iterations re-place points on the top-k cells of their splat (0: never)")
+    snap_final: bool = Field(False, description="re-place points on the top-k cells of their splat after the last iteration")
 
     # Distillation network -------------------------------------------------------------------
     family: Literal["sparse", "dense"] = "sparse"
@@ -98,10 +98,10 @@ class Config(BaseModel):
     def _consistent(self) -> "Config":
         if self.eval_split == "val" and self.val_size == 0:
             raise ValueError("eval_split=val needs val_size > 0 (e.g. val_size=5000)")
-        if (self.snap_every or self.snap_final) and self.encoding != "splat":
-            raise ValueError("snap_every/snap_final re-place points by their splat: set encoding=splat")
         if self.backend == "minkowski" and self.family != "sparse":
             raise ValueError("backend=minkowski runs the sparse family only (set family=sparse)")
+        if self.backend == "minkowski" and self.second_order == "full":
+            raise ValueError("backend=minkowski has no double backward: set second_order=truncated, or backend=torch")
         return self
 
     def replace(self, **changes: Any) -> "Config":

@@ -10,7 +10,6 @@ set for ``inner_loop`` steps.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Callable
 
@@ -86,8 +85,12 @@ def distill(
         return enc(batch, grid_shape, sparse)
 
     def snap_points() -> None:
-        """Move every point onto distinct top cells of its cloud's soft splat (see ``snap``)."""
-        soft = dataclasses.replace(enc, straight_through=False)
+        """Move every point onto distinct top cells of its cloud's soft splat (see ``snap``).
+
+        The splat is the config's (kernel, sigma, combine) whatever encoding the matching uses:
+        snapping is about the evaluator's binary render, not the network's input.
+        """
+        soft = Encoding("splat", cfg.splat_kernel, cfg.splat_sigma, cfg.splat_combine)
         with torch.no_grad():
             occupancy = soft(PointBatch.from_padded(syn), grid_shape, sparse=False)[:, 0]
             syn.copy_(snap(syn, occupancy))
