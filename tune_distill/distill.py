@@ -165,7 +165,7 @@ def distill(
             if report is not None:
                 report(dict(row))
     project(syn, grid_shape)
-    if cfg.snap_final:
+    if cfg.snap_final and cfg.iterations > 0:  # a baseline (no iterations) stays the real clouds it picked
         snap_points()
     syn.requires_grad_(False)
     return history
