@@ -58,6 +58,11 @@ def test_baseline_command(tmp_path, mnist_dir, capsys):
     with np.load(out / "synthetic.npz") as f:
         assert f["points"].shape[0] == 20
     assert yaml.safe_load((out / "config.yaml").read_text())["iterations"] == 0
+    # without --set points, a real-digit baseline keeps whole digits (not the preset's 150 points)
+    pairs = [TINY[i:i + 2] for i in range(0, len(TINY), 2)]
+    whole = [a for pair in pairs if not pair[1].startswith("points=") for a in pair]
+    assert main(["baseline", "herding", *whole, *_data(mnist_dir), "--out", str(tmp_path / "h")]) == 0
+    assert yaml.safe_load((tmp_path / "h" / "config.yaml").read_text())["points"] == 400
     assert main(["baseline", "kmeans", *_data(mnist_dir)]) == 2
     assert "unknown baseline 'kmeans'" in capsys.readouterr().err
 

@@ -15,13 +15,20 @@ from typing import Any, Callable
 from .config import Config, PRESETS, load_config_file, make_config, parse_assignments
 from .errors import UserError
 
-BASELINES = {"random_real": "real", "herding": "herding", "class_mean_topk": "class_mean_topk"}
+# Baselines are runs without iterations. Real digits keep all their points (400 exceeds the
+# 250-point cap), so a baseline is the digit itself, not a subsample; --set points=... still wins.
+BASELINES: dict[str, dict[str, Any]] = {
+    "random_real": {"init": "real", "points": 400},
+    "herding": {"init": "herding", "points": 400},
+    "class_mean_topk": {"init": "class_mean_topk"},
+}
 
 
-def _config_from_args(args: argparse.Namespace, **forced: Any) -> Config:
-    """Preset, then ``--config`` file, then ``--set`` pairs, then ``--seed``: later wins."""
+def _config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None, **forced: Any) -> Config:
+    """Preset, then ``defaults``, then ``--config`` file, then ``--set`` pairs, then ``--seed``,
+    then ``forced``: later wins."""
     preset = args.preset
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(defaults or {})
     if args.config:
         values.update(load_config_file(args.config))
     elif preset is None:
@@ -89,7 +96,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_baseline(args: argparse.Namespace) -> int:
     if args.name not in BASELINES:
         raise UserError(f"unknown baseline {args.name!r}; choose one of: {', '.join(BASELINES)}")
-    cfg = _config_from_args(args, init=BASELINES[args.name], iterations=0, ipc=args.ipc)
+    defaults = {k: v for k, v in BASELINES[args.name].items() if k != "init"}
+    cfg = _config_from_args(args, defaults, init=BASELINES[args.name]["init"], iterations=0, ipc=args.ipc)
     return _run_and_save(cfg, args, f"baseline-{args.name}-ipc{args.ipc}-seed{cfg.seed}")
 
 
