@@ -134,7 +134,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                      resume=args.resume)
     df = outcome.results
     counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()) or "no trials"
-    print(f"\n{name}: {len(df)} of {outcome.total} trials ({counts}) in {outcome.seconds:.0f} s")
+    ran = f"in {outcome.seconds:.0f} s" if outcome.seconds else "(nothing left to run)"
+    print(f"\n{name}: {len(df)} of {outcome.total} trials ({counts}) {ran}")
     from .tune.results import leaderboard
 
     best = leaderboard(df, 5)
