@@ -55,3 +55,18 @@ def test_table_runs_cells_once_and_renders_from_disk(tmp_path, mnist_dir, capsys
 def test_bad_specs_are_one_line_errors(tmp_path, change, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_table(_write(tmp_path, {**SPEC, **change}))
+
+
+def test_part_of_a_table_runs_alone_and_unknown_parts_are_errors(tmp_path, mnist_dir, capsys):
+    spec = _write(tmp_path, SPEC)
+    data = ["--data-dir", str(mnist_dir)] if mnist_dir else []
+    args = ["table", str(spec), "--storage", str(tmp_path), *data]
+    assert main([*args, "--rows", "baseline-random-real", "--seed", "1"]) == 0
+    cells = [p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("table-tiny/*/ipc1/seed*/metrics.json")]
+    assert cells == ["table-tiny/baseline-random-real/ipc1/seed1/metrics.json"]
+    capsys.readouterr()
+    for extra, message in ((["--rows", "nope"], "no row 'nope'; rows: baseline-random-real, tiny-distill"),
+                           (["--seed", "7"], "seed 7 is not in the spec"), (["--ipc", "10"], "ipc 10 is not in the spec")):
+        assert main([*args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and err.count("\n") == 1

@@ -232,7 +232,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         first = spec.config(spec.rows[0], spec.ipcs[0], spec.seeds[0])
         data = load_dataset(first.dataset, args.data_dir, threshold=first.threshold)
         rows = args.rows.split(",") if args.rows else None
-        run_table(spec, root, data, rows=rows, ipcs=args.ipc, log=lambda line: print(line, flush=True))
+        run_table(spec, root, data, rows=rows, ipcs=args.ipc, seeds=args.seed, log=lambda line: print(line, flush=True))
     markdown = render_markdown(spec, root)
     root.mkdir(parents=True, exist_ok=True)
     (root / "table.md").write_text(markdown)
@@ -319,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-run", action="store_true", help="only render what is on disk")
     p.add_argument("--rows", metavar="ROW[,ROW]", help="only these rows (label or slug)")
     p.add_argument("--ipc", type=int, action="append", help="only this IPC (repeatable)")
+    p.add_argument("--seed", type=int, action="append", help="only this seed (repeatable)")
     p.add_argument("--storage", metavar="DIR", help="folder holding results (default: results)")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the MNIST files (else $TUNE_DISTILL_DATA, else a cache)")
     p.set_defaults(func=cmd_table)

@@ -91,11 +91,23 @@ def cell_dir(root: Path, row: Row, ipc: int, seed: int) -> Path:
 
 
 def run_table(spec: TableSpec, root: Path, data, rows: list[str] | None = None, ipcs: list[int] | None = None,
-              log: Callable[[str], None] = print) -> None:
-    """Run every missing cell (skipping finished ones), saving each as a run folder."""
+              seeds: list[int] | None = None, log: Callable[[str], None] = print) -> None:
+    """Run every missing cell (skipping finished ones), saving each as a run folder.
+
+    ``rows`` (labels or slugs), ``ipcs`` and ``seeds`` restrict the run to part of the table; a
+    name or number the spec does not have is a ``UserError``, not a silent no-op.
+    """
     from .artifacts import save_run
     from .run import run
 
+    known = {r.slug for r in spec.rows} | {r.label for r in spec.rows}
+    for name in rows or []:
+        if name not in known:
+            raise UserError(f"table {spec.name}: no row {name!r}; rows: {', '.join(r.slug for r in spec.rows)}")
+    for what, asked, have in (("ipc", ipcs, spec.ipcs), ("seed", seeds, spec.seeds)):
+        for value in asked or []:
+            if value not in have:
+                raise UserError(f"table {spec.name}: {what} {value} is not in the spec ({what}s: {have})")
     for row in spec.rows:
         if rows and row.slug not in rows and row.label not in rows:
             continue
@@ -104,7 +116,7 @@ def run_table(spec: TableSpec, root: Path, data, rows: list[str] | None = None, 
                 continue
             for seed in spec.seeds:
                 out = cell_dir(root, row, ipc, seed)
-                if (out / "metrics.json").exists():
+                if (seeds and seed not in seeds) or (out / "metrics.json").exists():
                     continue
                 result = run(spec.config(row, ipc, seed), data=data)
                 save_run(result, out)
