@@ -144,6 +144,8 @@ def collect(spec: TableSpec, root: Path) -> list[dict]:
 
 
 def _cell(values: list[float]) -> str:
+    if len(values) == 1:  # no spread to show: "± 0.00" would claim one
+        return f"{values[0]:.2f} (1 seed)"
     return f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else "—"
 
 
