@@ -96,8 +96,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_baseline(args: argparse.Namespace) -> int:
     if args.name not in BASELINES:
         raise UserError(f"unknown baseline {args.name!r}; choose one of: {', '.join(BASELINES)}")
-    defaults = {k: v for k, v in BASELINES[args.name].items() if k != "init"}
-    cfg = _config_from_args(args, defaults, init=BASELINES[args.name]["init"], iterations=0, ipc=args.ipc)
+    baseline = BASELINES[args.name]
+    cfg = _config_from_args(args, baseline, init=baseline["init"], iterations=0, ipc=args.ipc)
     return _run_and_save(cfg, args, f"baseline-{args.name}-ipc{args.ipc}-seed{cfg.seed}")
 
 
@@ -230,9 +230,9 @@ def cmd_table(args: argparse.Namespace) -> int:
         from .data import load_dataset
 
         first = spec.config(spec.rows[0], spec.ipcs[0], spec.seeds[0])
-        data = load_dataset(first.dataset, args.data_dir, threshold=first.threshold)
         rows = args.rows.split(",") if args.rows else None
-        run_table(spec, root, data, rows=rows, ipcs=args.ipc, seeds=args.seed, log=lambda line: print(line, flush=True))
+        run_table(spec, root, lambda: load_dataset(first.dataset, args.data_dir, threshold=first.threshold),
+                  rows=rows, ipcs=args.ipc, seeds=args.seed, log=lambda line: print(line, flush=True))
     markdown = render_markdown(spec, root)
     root.mkdir(parents=True, exist_ok=True)
     (root / "table.md").write_text(markdown)

@@ -90,12 +90,14 @@ def cell_dir(root: Path, row: Row, ipc: int, seed: int) -> Path:
     return root / row.slug / f"ipc{ipc}" / f"seed{seed}"
 
 
-def run_table(spec: TableSpec, root: Path, data, rows: list[str] | None = None, ipcs: list[int] | None = None,
-              seeds: list[int] | None = None, log: Callable[[str], None] = print) -> None:
+def run_table(spec: TableSpec, root: Path, load_data: Callable[[], Any], rows: list[str] | None = None,
+              ipcs: list[int] | None = None, seeds: list[int] | None = None,
+              log: Callable[[str], None] = print) -> None:
     """Run every missing cell (skipping finished ones), saving each as a run folder.
 
     ``rows`` (labels or slugs), ``ipcs`` and ``seeds`` restrict the run to part of the table; a
-    name or number the spec does not have is a ``UserError``, not a silent no-op.
+    name or number the spec does not have is a ``UserError``, not a silent no-op. ``load_data``
+    is called once, at the first missing cell, so a finished table reads no dataset.
     """
     from .artifacts import save_run
     from .run import run
@@ -108,6 +110,7 @@ def run_table(spec: TableSpec, root: Path, data, rows: list[str] | None = None, 
         for value in asked or []:
             if value not in have:
                 raise UserError(f"table {spec.name}: {what} {value} is not in the spec ({what}s: {have})")
+    data = None
     for row in spec.rows:
         if rows and row.slug not in rows and row.label not in rows:
             continue
@@ -118,6 +121,7 @@ def run_table(spec: TableSpec, root: Path, data, rows: list[str] | None = None, 
                 out = cell_dir(root, row, ipc, seed)
                 if (seeds and seed not in seeds) or (out / "metrics.json").exists():
                     continue
+                data = data if data is not None else load_data()
                 result = run(spec.config(row, ipc, seed), data=data)
                 save_run(result, out)
                 log(f"{row.label} | ipc {ipc} | seed {seed}: {100 * result.acc_mean:.2f} % "
@@ -129,24 +133,25 @@ def collect(spec: TableSpec, root: Path) -> list[dict]:
     records = []
     for row in spec.rows:
         for ipc in spec.ipcs:
-            test, val, seconds = [], [], []
+            test, val = [], []
             for seed in spec.seeds:
                 f = cell_dir(root, row, ipc, seed) / "metrics.json"
                 if f.exists():
                     m = json.loads(f.read_text())
                     test.append(100 * m["acc_mean"])
-                    seconds.append(m["seconds"])
                     if "val_acc_mean" in m:
                         val.append(100 * m["val_acc_mean"])
             records.append({"row": row.label, "ipc": ipc, "seeds": len(test), "test": test, "val": val,
-                            "paper": row.paper.get(ipc), "seconds": seconds})
+                            "paper": row.paper.get(ipc)})
     return records
 
 
 def _cell(values: list[float]) -> str:
+    if not values:
+        return "—"
     if len(values) == 1:  # no spread to show: "± 0.00" would claim one
         return f"{values[0]:.2f} (1 seed)"
-    return f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else "—"
+    return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
 
 
 def render_markdown(spec: TableSpec, root: Path) -> str:
