@@ -67,6 +67,7 @@ def test_part_of_a_table_runs_alone_and_unknown_parts_are_errors(tmp_path, mnist
     capsys.readouterr()
     for extra, message in ((["--rows", "nope"], "no row 'nope'; rows: baseline-random-real, tiny-distill"),
                            (["--seed", "7"], "seed 7 is not in the spec"), (["--ipc", "10"], "ipc 10 is not in the spec")):
-        assert main([*args, *extra]) == 2
-        err = capsys.readouterr().err
-        assert message in err and "Traceback" not in err and err.count("\n") == 1
+        for mode in ([], ["--no-run"]):  # a typo fails whether or not the table would run
+            assert main([*args, *extra, *mode]) == 2
+            err = capsys.readouterr().err
+            assert message in err and "Traceback" not in err and err.count("\n") == 1

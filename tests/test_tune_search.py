@@ -49,16 +49,20 @@ def seed_runs(trial_dir: Path) -> list[int]:
 
 
 def test_small_search_results_export_report(ray_cluster, mnist_dir, tmp_path, capsys):
-    space = space_from_dict(tiny_space({"depth": {"choice": [2, 3]}, "lr": {"loguniform": [0.02, 0.5]}},
+    # The config's own key ``objective`` (gradient or distribution matching) is searched beside
+    # the search's objective: its column is config/objective, and nothing shadows the metric.
+    space = space_from_dict(tiny_space({"depth": {"choice": [2, 3]}, "lr": {"loguniform": [0.02, 0.5]},
+                                        "objective": {"choice": ["gradient", "distribution"]}},
                                        num_samples=3, objective="robust"))
     outcome = search(space, name="small", storage=tmp_path, data_dir=mnist_dir)
     assert not outcome.interrupted and outcome.finished == 3
     df = load_results("small", storage=tmp_path)
     assert list(df.columns) == [
-        "trial", "trial_id", "status", "depth", "lr", "seeds_done", "acc_seed0", "acc_seed1", "acc_mean", "acc_std",
+        "trial", "trial_id", "status", "depth", "lr", "config/objective", "seeds_done", "acc_seed0", "acc_seed1", "acc_mean", "acc_std",
         "acc_min", "objective", "best_seed", "seconds", "split", "synthetic", "error", "trial_dir"]
     assert df["trial"].tolist() == [1, 2, 3] and (df["status"] == "done").all()
     assert (df["seeds_done"] == 2).all() and df["trial_id"].is_unique
+    assert df["config/objective"].isin(["gradient", "distribution"]).all() and df["objective"].dtype == float
     accs = df[["acc_seed0", "acc_seed1"]].to_numpy()
     assert ((accs > 0.1) & (accs <= 1)).all()  # above chance: real trainings on real digits
     assert np.allclose(df["acc_mean"], accs.mean(1)) and np.allclose(df["acc_min"], accs.min(1))
@@ -96,6 +100,7 @@ def test_small_search_results_export_report(ray_cluster, mnist_dir, tmp_path, ca
     assert yaml.safe_load((folders[0] / "config.yaml").read_text())["seed"] == best["best_seed"]
     metrics = json.loads((folders[0] / "metrics.json").read_text())
     assert metrics["search"]["objective"] == pytest.approx(best["objective"])
+    assert metrics["search"]["params"] == {"depth": best["depth"], "lr": best["lr"], "objective": best["config/objective"]}
     plys = sorted((folders[0] / "ply").glob("*.ply"))
     assert len(plys) == 10
     vertex = PlyData.read(str(folders[0] / "ply" / "class3_0.ply"))["vertex"]
@@ -111,6 +116,7 @@ def test_small_search_results_export_report(ray_cluster, mnist_dir, tmp_path, ca
         assert (report / name).read_bytes()[:4] == b"\x89PNG"
     summary = (report / "summary.md").read_text()
     assert "## Best trial" in summary and f"Trial #{best['trial']}" in summary
+    assert f"objective={best['config/objective']}" in summary
 
 
 def test_same_experiment_seed_samples_the_same_configs(ray_cluster, mnist_dir, tmp_path):
@@ -173,6 +179,24 @@ def _wait_for_checkpoints(exp_dir: Path, n: int, proc: subprocess.Popen, timeout
     raise AssertionError(f"no {n} checkpoint(s) in {timeout} s")
 
 
+def _wait_for_idle_cluster(timeout: float = 120) -> None:
+    """Wait until the session cluster has taken back every CPU a killed driver's trials held.
+
+    The cluster outlives the killed driver (a user's own cluster would die with it), and Ray frees
+    the dead job's actors and placement groups asynchronously: a search started before that waits
+    for CPUs that are still reserved.
+    """
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0) >= total:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the killed driver's CPUs were not freed in {timeout} s: {ray.available_resources()}")
+
+
 def _assert_complete_without_repeats(df, n_trials: int, keys: list[str], seeds: int) -> None:
     assert len(df) == n_trials and df["trial_id"].is_unique
     assert (df["status"] == "done").all() and (df["seeds_done"] == seeds).all()
@@ -213,6 +237,7 @@ def test_sigkill_of_the_driver_then_rerun_finishes_the_search(ray_cluster, mnist
     _wait_for_checkpoints(tmp_path / "killed", 2, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    _wait_for_idle_cluster()
     before = load_results("killed", storage=tmp_path)
     assert (before["status"] == "done").sum() < 5
     # Re-running the same name (no --resume needed) restores the experiment and finishes it.

@@ -222,15 +222,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from .table import load_table, render_markdown, run_table
+    from .table import check_selection, load_table, render_markdown, run_table
 
     spec = load_table(args.spec)  # every cell's config validated before anything runs
     root = Path(args.storage or "results") / f"table-{spec.name}"
+    rows = args.rows.split(",") if args.rows else None
+    check_selection(spec, rows, args.ipc, args.seed)  # a typo fails with --no-run too
     if not args.no_run:
         from .data import load_dataset
 
         first = spec.config(spec.rows[0], spec.ipcs[0], spec.seeds[0])
-        rows = args.rows.split(",") if args.rows else None
         run_table(spec, root, lambda: load_dataset(first.dataset, args.data_dir, threshold=first.threshold),
                   rows=rows, ipcs=args.ipc, seeds=args.seed, log=lambda line: print(line, flush=True))
     markdown = render_markdown(spec, root)

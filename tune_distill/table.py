@@ -90,6 +90,19 @@ def cell_dir(root: Path, row: Row, ipc: int, seed: int) -> Path:
     return root / row.slug / f"ipc{ipc}" / f"seed{seed}"
 
 
+def check_selection(spec: TableSpec, rows: list[str] | None = None, ipcs: list[int] | None = None,
+                    seeds: list[int] | None = None) -> None:
+    """Raise ``UserError`` for a row (label or slug), IPC or seed that the spec does not have."""
+    known = {r.slug for r in spec.rows} | {r.label for r in spec.rows}
+    for name in rows or []:
+        if name not in known:
+            raise UserError(f"table {spec.name}: no row {name!r}; rows: {', '.join(r.slug for r in spec.rows)}")
+    for what, asked, have in (("ipc", ipcs, spec.ipcs), ("seed", seeds, spec.seeds)):
+        for value in asked or []:
+            if value not in have:
+                raise UserError(f"table {spec.name}: {what} {value} is not in the spec ({what}s: {have})")
+
+
 def run_table(spec: TableSpec, root: Path, load_data: Callable[[], Any], rows: list[str] | None = None,
               ipcs: list[int] | None = None, seeds: list[int] | None = None,
               log: Callable[[str], None] = print) -> None:
@@ -102,14 +115,7 @@ def run_table(spec: TableSpec, root: Path, load_data: Callable[[], Any], rows: l
     from .artifacts import save_run
     from .run import run
 
-    known = {r.slug for r in spec.rows} | {r.label for r in spec.rows}
-    for name in rows or []:
-        if name not in known:
-            raise UserError(f"table {spec.name}: no row {name!r}; rows: {', '.join(r.slug for r in spec.rows)}")
-    for what, asked, have in (("ipc", ipcs, spec.ipcs), ("seed", seeds, spec.seeds)):
-        for value in asked or []:
-            if value not in have:
-                raise UserError(f"table {spec.name}: {what} {value} is not in the spec ({what}s: {have})")
+    check_selection(spec, rows, ipcs, seeds)
     data = None
     for row in spec.rows:
         if rows and row.slug not in rows and row.label not in rows:

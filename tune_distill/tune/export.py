@@ -25,7 +25,7 @@ import pandas as pd
 
 from ..artifacts import load_synthetic
 from ..errors import UserError
-from .results import leaderboard, load_results
+from .results import leaderboard, load_results, param_column
 
 EXPORT_DIR_RE = re.compile(r"^\d{2,}_trial\d+$")
 PLY_COMMENT = "tune_distill synthetic cloud; x = width, y = -height, z = depth (grid cells)"
@@ -70,7 +70,7 @@ def export_trial(row: pd.Series, params: list[str], out: Path, experiment: str) 
         "status": row["status"], "objective": _plain(row["objective"]),
         "acc_mean": _plain(row["acc_mean"]), "acc_std": _plain(row["acc_std"]), "acc_min": _plain(row["acc_min"]),
         "per_seed": {c.removeprefix("acc_"): _plain(row[c]) for c in seeds},
-        "exported_seed": _plain(row["best_seed"]), "params": {p: _plain(row[p]) for p in params},
+        "exported_seed": _plain(row["best_seed"]), "params": {p: _plain(row[param_column(p)]) for p in params},
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     points, labels = load_synthetic(out / "synthetic.npz")
@@ -109,7 +109,7 @@ def export(name_or_path: str | os.PathLike, top: int = 5, out: str | os.PathLike
     exported: dict[str, str] = {}
     for rank, (_, row) in enumerate(ranked.head(top).iterrows(), start=1):
         folder = out_dir / f"{rank:0{width}d}_trial{row['trial']}"
-        export_trial(row, df.attrs["params"], folder, str(experiment))
+        export_trial(row, list(df.attrs["space"]["params"]), folder, str(experiment))
         exported[row["trial_id"]] = folder.name
     board = ranked.drop(columns=["trial_dir"]).copy()
     board.insert(0, "rank", range(1, len(board) + 1))

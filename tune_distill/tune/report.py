@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .results import group_objective, leaderboard, load_results, to_markdown
+from .results import group_objective, leaderboard, load_results, param_column, to_markdown
 from .space import SearchSpace, space_from_dict
 from .util import quiet_loggers
 
@@ -44,7 +44,7 @@ def importances(df: pd.DataFrame, space: SearchSpace) -> dict[str, float]:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     scored = df[df["objective"].notna()]
-    varying = [p for p in space.params if scored[p].nunique(dropna=False) > 1]
+    varying = [p for p in space.params if scored[param_column(p)].nunique(dropna=False) > 1]
     if len(scored) < 2 or not varying:
         return {}
     dists: dict[str, Any] = {}
@@ -61,7 +61,7 @@ def importances(df: pd.DataFrame, space: SearchSpace) -> dict[str, float]:
         study = optuna.create_study(direction="maximize" if space.search.mode == "max" else "minimize",
                                     storage=optuna.storages.InMemoryStorage())
         for _, row in scored.iterrows():
-            params = {p: _native(row[p]) for p in varying}
+            params = {p: _native(row[param_column(p)]) for p in varying}
             study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(row["objective"])))
         # PED-ANOVA (Optuna's default evaluator; fANOVA would need scikit-learn) asks what it takes
         # to land in the top quantile of trials; its default top 10 % is one or two trials in a
@@ -77,7 +77,7 @@ def importances(df: pd.DataFrame, space: SearchSpace) -> dict[str, float]:
 def groups_of(df: pd.DataFrame, space: SearchSpace, param: str) -> pd.Series:
     """The group of each trial for ``param``: its value, or for a range its tercile ``(low, high]``."""
     d = space.params[param]
-    values = df[param]
+    values = df[param_column(param)]
     if d.kind == "choice" or values.nunique() <= 4:
         return values.astype(str)
     bins = pd.qcut(values.astype(float), q=3, duplicates="drop")
@@ -111,13 +111,13 @@ def plot_objective_by_param(df: pd.DataFrame, space: SearchSpace, path: Path) ->
         if d.kind == "choice":
             labels = [str(c) for c in d.choice]
             pos = {c: k for k, c in enumerate(labels)}
-            x = np.array([pos.get(str(v), -1) for v in scored[p]], dtype=float)
+            x = np.array([pos.get(str(v), -1) for v in scored[param_column(p)]], dtype=float)
             ax.scatter(x + rng.uniform(-0.12, 0.12, len(x)), y, s=18, alpha=0.7)
             means = [np.mean(y[x == k]) if np.any(x == k) else np.nan for k in range(len(labels))]
             ax.scatter(range(len(labels)), means, marker="_", s=600, color="black", label="mean")
             ax.set_xticks(range(len(labels)), labels, rotation=30 if max(map(len, labels)) > 6 else 0)
         else:
-            ax.scatter(scored[p].to_numpy(dtype=float), y, s=18, alpha=0.7)
+            ax.scatter(scored[param_column(p)].to_numpy(dtype=float), y, s=18, alpha=0.7)
             if d.kind == "loguniform":
                 from matplotlib.ticker import NullFormatter
 
@@ -184,10 +184,10 @@ def write_summary(df: pd.DataFrame, space: SearchSpace, imps: dict[str, float], 
         seed_cols = [c for c in df.columns if c.startswith("acc_seed")]
         per_seed = ", ".join(_pct(best[c]) for c in seed_cols if not pd.isna(best[c]))
         lines += ["## Best trial", "",
-                  f"Trial #{best['trial']}: " + ", ".join(f"{p}={best[p]}" for p in params), "",
+                  f"Trial #{best['trial']}: " + ", ".join(f"{p}={best[param_column(p)]}" for p in params), "",
                   f"objective {_pct(best['objective'])}, accuracy {_pct(best['acc_mean'])} ± {_pct(best['acc_std'])} % "
                   f"over {best['seeds_done']} seeds (per seed: {per_seed}; min {_pct(best['acc_min'])})", ""]
-        table = ranked.head(10)[["trial", "status", *params, "seeds_done", "acc_mean", "acc_std", "acc_min", "objective"]].copy()
+        table = ranked.head(10)[["trial", "status", *map(param_column, params), "seeds_done", "acc_mean", "acc_std", "acc_min", "objective"]].copy()
         for c in ("acc_mean", "acc_std", "acc_min", "objective"):
             table[c] = (100 * table[c]).round(2)
         lines += ["## Leaderboard (top 10, accuracies in %)", "", to_markdown(table), ""]
@@ -213,7 +213,8 @@ def write_summary(df: pd.DataFrame, space: SearchSpace, imps: dict[str, float], 
     errors = df[df["status"] == "error"]
     if not errors.empty:
         lines += ["## Errored trials", ""]
-        lines += [f"- #{r['trial']} ({', '.join(f'{p}={r[p]}' for p in params)}): {r['error']}" for _, r in errors.iterrows()]
+        lines += [f"- #{r['trial']} ({', '.join(f'{p}={r[param_column(p)]}' for p in params)}): {r['error']}"
+                  for _, r in errors.iterrows()]
         lines += [""]
     if images:
         lines += ["## Plots", ""] + [f"![{Path(i).stem}]({i})" for i in images] + [""]

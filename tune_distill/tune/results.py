@@ -12,7 +12,9 @@ The DataFrame's columns, in order:
 ``trial_id``       Tune's trial id
 ``status``         ``done`` (every seed ran), ``stopped`` (the scheduler stopped it early),
                    ``error``, ``running`` / ``pending`` (a live or interrupted search)
-*hyperparameters*  one column per searched key of ``params``
+*hyperparameters*  one column per searched key of ``params``, named by the key, or
+                   ``config/<key>`` for a key that is also a column below (the config's own
+                   ``objective``, gradient or distribution, beside the search's)
 ``seeds_done``     seeds finished
 ``acc_seed<i>``    accuracy of the i-th seed (mean over its evaluation models); NaN if not run
 ``acc_mean``       mean over finished seeds; ``acc_std`` their (population) std; ``acc_min``
@@ -52,6 +54,15 @@ STATE_FILE = "trial.json"  # written by the trainable into every checkpoint
 FIXED_COLUMNS = ["trial", "trial_id", "status"]
 SUMMARY_COLUMNS = ["seeds_done", "acc_mean", "acc_std", "acc_min", "objective", "best_seed", "seconds",
                    "split", "synthetic", "error", "trial_dir"]
+
+
+def param_column(key: str) -> str:
+    """The results column of the searched config key ``key``.
+
+    The key itself, unless a result column already has that name: a search over the config's
+    ``objective`` (gradient or distribution matching) must not shadow the search's objective.
+    """
+    return f"config/{key}" if key in FIXED_COLUMNS or key in SUMMARY_COLUMNS else key
 
 
 # Finding experiments ---------------------------------------------------------------------
@@ -161,7 +172,8 @@ def load_results(name_or_path: str | os.PathLike, storage: str | os.PathLike | N
 
     Returns:
         A DataFrame ordered by trial number; ``df.attrs`` holds ``experiment`` (the folder),
-        ``space`` (the space as a mapping) and ``params`` (the hyperparameter columns).
+        ``space`` (the space as a mapping) and ``params`` (the hyperparameter columns, in the
+        order of the space's keys).
 
     Raises:
         UserError: no such experiment (the message lists those that exist).
@@ -179,7 +191,7 @@ def load_results(name_or_path: str | os.PathLike, storage: str | os.PathLike | N
         summary = summarize([f["acc"] for f in finished], space.search.objective, space.search.robust_k)
         row: dict[str, Any] = {"trial": number, "trial_id": trial_id,
                                "status": _status(tune_status, len(finished), n_seeds)}
-        row.update({p: config.get(p) for p in params})
+        row.update({param_column(p): config.get(p) for p in params})
         row["seeds_done"] = len(finished)
         by_index = {f["index"]: f["acc"] for f in finished}
         row.update({f"acc_seed{i}": by_index.get(i, math.nan) for i in range(n_seeds)})
@@ -193,11 +205,12 @@ def load_results(name_or_path: str | os.PathLike, storage: str | os.PathLike | N
         row["error"] = error_line(error_file.read_text()) if tune_status == "ERROR" and error_file.is_file() else None
         row["trial_dir"] = str(trial_dir)
         rows.append(row)
-    columns = (FIXED_COLUMNS + params + ["seeds_done"] + [f"acc_seed{i}" for i in range(n_seeds)]
+    param_columns = [param_column(p) for p in params]
+    columns = (FIXED_COLUMNS + param_columns + ["seeds_done"] + [f"acc_seed{i}" for i in range(n_seeds)]
                + SUMMARY_COLUMNS[1:])
     df = pd.DataFrame(rows, columns=columns)
     df = df.sort_values("trial", kind="stable").reset_index(drop=True)
-    df.attrs.update(experiment=str(exp_dir), space=space.to_dict(), params=params)
+    df.attrs.update(experiment=str(exp_dir), space=space.to_dict(), params=param_columns)
     return df
 
 
