@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -51,10 +53,25 @@ def test_table_runs_cells_once_and_renders_from_disk(tmp_path, mnist_dir, capsys
     ({"rows": []}, "no rows"),
     ({"colour": 1}, "unknown key 'colour'"),
     ({"rows": [{"label": "x", "set": {"dept": 2}}]}, "table row 'x' (ipc 1): unknown config key 'dept'"),
+    ({"rows": [{"label": "x", "preset": "quick", "ipc": [10]}]}, "row 'x' has ipc [10], not all in the table's ipc [1]"),
 ])
 def test_bad_specs_are_one_line_errors(tmp_path, change, message):
-    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(UserError, match=re.escape(message)):
         load_table(_write(tmp_path, {**SPEC, **change}))
+
+
+def test_a_row_tuned_for_one_ipc_runs_at_that_ipc_only(tmp_path, mnist_dir, capsys):
+    rows = [SPEC["rows"][0], {"label": "at two", "preset": "quick", "set": {"init": "herding", "iterations": 0},
+                              "ipc": [2]}]
+    spec = _write(tmp_path, {**SPEC, "ipc": [1, 2], "seeds": [0], "rows": rows})
+    data = ["--data-dir", str(mnist_dir)] if mnist_dir else []
+    assert main(["table", str(spec), "--storage", str(tmp_path), *data]) == 0
+    cells = sorted(p.relative_to(tmp_path / "table-tiny").as_posix()
+                   for p in tmp_path.glob("table-tiny/*/ipc*/seed*/metrics.json"))
+    assert cells == ["at-two/ipc2/seed0/metrics.json", "baseline-random-real/ipc1/seed0/metrics.json",
+                     "baseline-random-real/ipc2/seed0/metrics.json"]
+    at_two = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| at two |"))
+    assert at_two.split(" | ")[1] == "—" and at_two.endswith("| 0 / 1 |")
 
 
 def test_part_of_a_table_runs_alone_and_unknown_parts_are_errors(tmp_path, mnist_dir, capsys):

@@ -37,6 +37,20 @@ def test_shipped_spaces_are_valid():
     assert cpu.base_values()["iterations"] == 5
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_space_loads_and_selects_on_validation(path):
+    space = load_space(path)
+    if space.base.preset not in ("paper-sparse", "paper-dense"):  # the paper's protocol has no split
+        assert space.base_values()["eval_split"] == "val"
+
+
+def test_ipc10_space_moves_points_at_ipc10():
+    # At 10 clouds per class a point's gradient is ~10x smaller than at 1: the space's lr range is higher.
+    ipc10 = load_space(REPO / "search_spaces" / "beyond-ipc10.yaml")
+    assert ipc10.base_values()["ipc"] == 10
+    assert ipc10.params["lr"].bounds[0] > load_space(REPO / "search_spaces" / "beyond.yaml").params["lr"].bounds[0]
+
+
 def test_seeds_and_searcher_seed_come_from_the_experiment_seed():
     space = space_from_dict({"params": {"depth": {"choice": [2, 3]}}, "search": {"seed": 7, "seeds": 3}})
     assert space.seeds == [7, 8, 9] and space.searcher_seed == 7

@@ -1,7 +1,9 @@
 """Results tables: named rows of configs, each run over several seeds under one protocol.
 
-A table spec (YAML, see ``tables/mnist.yaml``) lists rows (a preset and/or a config file plus
-overrides), the IPC values, the seeds and the evaluation protocol shared by every cell. Running a
+A table spec (YAML, see ``tables/mnist.yaml``) lists rows, the IPC values, the seeds and the
+evaluation protocol shared by every cell. A row is a ``label`` and a ``preset`` and/or a
+``config`` file, with ``set`` overrides, ``ipc_set`` overrides per IPC, the ``paper``'s numbers
+per IPC, and ``ipc``: the IPCs it runs at, for a config tuned for those only (default: all). Running a
 table runs each missing (row, ipc, seed) cell and stores it as an ordinary run folder under
 ``results/table-<name>/<row>/ipc<N>/seed<S>/``; rendering reads those folders back, so the
 markdown is always regenerated from experiments on disk, and an interrupted table resumes.
@@ -32,6 +34,10 @@ class Row:
     overrides: dict = field(default_factory=dict)
     per_ipc: dict = field(default_factory=dict)  # ipc -> extra overrides
     paper: dict = field(default_factory=dict)  # ipc -> the paper's number (%)
+    only_ipc: tuple[int, ...] | None = None  # a config tuned for some IPCs runs at those only
+
+    def runs_at(self, ipc: int) -> bool:
+        return self.only_ipc is None or ipc in self.only_ipc
 
     @property
     def slug(self) -> str:
@@ -70,18 +76,22 @@ def load_table(path: str | Path) -> TableSpec:
         raise UserError(f"table {path}: unknown key {sorted(unknown)[0]!r}; allowed: name, rows, ipc, seeds, protocol")
     rows = []
     for i, r in enumerate(raw.get("rows") or []):
-        extra = set(r) - {"label", "preset", "config", "set", "ipc_set", "paper"}
+        extra = set(r) - {"label", "preset", "config", "set", "ipc_set", "paper", "ipc"}
         if "label" not in r or extra:
-            raise UserError(f"table {path}: row {i + 1} needs a label and only preset/config/set/ipc_set/paper")
+            raise UserError(f"table {path}: row {i + 1} needs a label and only preset/config/set/ipc_set/paper/ipc")
         rows.append(Row(r["label"], r.get("preset"), r.get("config"), r.get("set") or {},
                         {int(k): v for k, v in (r.get("ipc_set") or {}).items()},
-                        {int(k): v for k, v in (r.get("paper") or {}).items()}))
+                        {int(k): v for k, v in (r.get("paper") or {}).items()},
+                        tuple(int(i) for i in r["ipc"]) if r.get("ipc") is not None else None))
     if not rows:
         raise UserError(f"table {path}: no rows")
     spec = TableSpec(raw.get("name") or path.stem, rows, [int(i) for i in raw.get("ipc", [1])],
                      [int(s) for s in raw.get("seeds", [0, 1, 2, 3, 4])], raw.get("protocol") or {}, path.parent)
     for row in spec.rows:
-        for ipc in spec.ipcs:
+        if row.only_ipc is not None and not set(row.only_ipc) <= set(spec.ipcs):
+            raise UserError(f"table {path}: row {row.label!r} has ipc {list(row.only_ipc)}, "
+                            f"not all in the table's ipc {spec.ipcs}")
+        for ipc in filter(row.runs_at, spec.ipcs):
             spec.config(row, ipc, spec.seeds[0])
     return spec
 
@@ -121,7 +131,7 @@ def run_table(spec: TableSpec, root: Path, load_data: Callable[[], Any], rows: l
         if rows and row.slug not in rows and row.label not in rows:
             continue
         for ipc in spec.ipcs:
-            if ipcs and ipc not in ipcs:
+            if (ipcs and ipc not in ipcs) or not row.runs_at(ipc):
                 continue
             for seed in spec.seeds:
                 out = cell_dir(root, row, ipc, seed)
