@@ -54,6 +54,9 @@ def test_table_runs_cells_once_and_renders_from_disk(tmp_path, mnist_dir, capsys
     ({"colour": 1}, "unknown key 'colour'"),
     ({"rows": [{"label": "x", "set": {"dept": 2}}]}, "table row 'x' (ipc 1): unknown config key 'dept'"),
     ({"rows": [{"label": "x", "preset": "quick", "ipc": [10]}]}, "row 'x' has ipc [10], not all in the table's ipc [1]"),
+    ({"rows": [{"label": "x", "preset": "quick", "ipc": ["ten"]}]}, "row 'x': ipc must be whole numbers, e.g. [1, 10]; got ['ten']"),
+    ({"seeds": [0, -1]}, "seeds must be whole numbers"),
+    ({"rows": [{"label": "x", "preset": "quick", "paper": {"IPC 1": 33.9}}]}, "row 'x': the keys of paper must be whole numbers"),
 ])
 def test_bad_specs_are_one_line_errors(tmp_path, change, message):
     with pytest.raises(UserError, match=re.escape(message)):

@@ -67,6 +67,14 @@ class TableSpec:
             raise UserError(f"table row {row.label!r} (ipc {ipc}): {exc}") from None
 
 
+def _ints(value: Any, path: Path, where: str) -> list[int]:
+    """``value`` as a list of non-negative integers (a bare integer is a list of one), or a one-line error."""
+    items = value if isinstance(value, (list, tuple, dict)) else [value]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in items):
+        raise UserError(f"table {path}: {where} must be whole numbers, e.g. [1, 10]; got {value!r}")
+    return list(items)
+
+
 def load_table(path: str | Path) -> TableSpec:
     """Read and validate a table spec; every cell's config is checked before anything runs."""
     path = Path(path)
@@ -79,14 +87,16 @@ def load_table(path: str | Path) -> TableSpec:
         extra = set(r) - {"label", "preset", "config", "set", "ipc_set", "paper", "ipc"}
         if "label" not in r or extra:
             raise UserError(f"table {path}: row {i + 1} needs a label and only preset/config/set/ipc_set/paper/ipc")
-        rows.append(Row(r["label"], r.get("preset"), r.get("config"), r.get("set") or {},
-                        {int(k): v for k, v in (r.get("ipc_set") or {}).items()},
-                        {int(k): v for k, v in (r.get("paper") or {}).items()},
-                        tuple(int(i) for i in r["ipc"]) if r.get("ipc") is not None else None))
+        where = f"row {r['label']!r}"
+        ipc_set, paper = r.get("ipc_set") or {}, r.get("paper") or {}
+        _ints(ipc_set, path, f"{where}: the keys of ipc_set")
+        _ints(paper, path, f"{where}: the keys of paper")
+        rows.append(Row(r["label"], r.get("preset"), r.get("config"), r.get("set") or {}, dict(ipc_set), dict(paper),
+                        tuple(_ints(r["ipc"], path, f"{where}: ipc")) if r.get("ipc") is not None else None))
     if not rows:
         raise UserError(f"table {path}: no rows")
-    spec = TableSpec(raw.get("name") or path.stem, rows, [int(i) for i in raw.get("ipc", [1])],
-                     [int(s) for s in raw.get("seeds", [0, 1, 2, 3, 4])], raw.get("protocol") or {}, path.parent)
+    spec = TableSpec(raw.get("name") or path.stem, rows, _ints(raw.get("ipc", [1]), path, "ipc"),
+                     _ints(raw.get("seeds", [0, 1, 2, 3, 4]), path, "seeds"), raw.get("protocol") or {}, path.parent)
     for row in spec.rows:
         if row.only_ipc is not None and not set(row.only_ipc) <= set(spec.ipcs):
             raise UserError(f"table {path}: row {row.label!r} has ipc {list(row.only_ipc)}, "
