@@ -56,6 +56,10 @@ def test_table_runs_cells_once_and_renders_from_disk(tmp_path, mnist_dir, capsys
     ({"rows": [{"label": "x", "preset": "quick", "ipc": [10]}]}, "row 'x' has ipc [10], not all in the table's ipc [1]"),
     ({"rows": [{"label": "x", "preset": "quick", "ipc": ["ten"]}]}, "row 'x': ipc must be whole numbers, e.g. [1, 10]; got ['ten']"),
     ({"seeds": [0, -1]}, "seeds must be whole numbers"),
+    ({"rows": 5}, "rows must be a list of rows, each with a label"),
+    ({"rows": [3]}, "row 1 needs a label"),
+    ({"protocol": 3}, "protocol must be a mapping, e.g. {lr: 0.1}; got 3"),
+    ({"rows": [{"label": "x", "preset": "quick", "ipc_set": {1: 0.1}}]}, "row 'x': ipc_set for ipc 1 must be a mapping"),
     ({"rows": [{"label": "x", "preset": "quick", "paper": {"IPC 1": 33.9}}]}, "row 'x': the keys of paper must be whole numbers"),
 ])
 def test_bad_specs_are_one_line_errors(tmp_path, change, message):

@@ -75,6 +75,13 @@ def _ints(value: Any, path: Path, where: str) -> list[int]:
     return list(items)
 
 
+def _mapping(value: Any, path: Path, where: str, example: str = "{lr: 0.1}") -> dict:
+    """``value`` (None: empty) as a mapping, or a one-line error."""
+    if not isinstance(value or {}, dict):
+        raise UserError(f"table {path}: {where} must be a mapping, e.g. {example}; got {value!r}")
+    return dict(value or {})
+
+
 def load_table(path: str | Path) -> TableSpec:
     """Read and validate a table spec; every cell's config is checked before anything runs."""
     path = Path(path)
@@ -82,21 +89,27 @@ def load_table(path: str | Path) -> TableSpec:
     unknown = set(raw) - {"name", "rows", "ipc", "seeds", "protocol"}
     if unknown:
         raise UserError(f"table {path}: unknown key {sorted(unknown)[0]!r}; allowed: name, rows, ipc, seeds, protocol")
+    if not isinstance(raw.get("rows") or [], list):
+        raise UserError(f"table {path}: rows must be a list of rows, each with a label")
     rows = []
     for i, r in enumerate(raw.get("rows") or []):
-        extra = set(r) - {"label", "preset", "config", "set", "ipc_set", "paper", "ipc"}
-        if "label" not in r or extra:
+        if not isinstance(r, dict) or "label" not in r or set(r) - {"label", "preset", "config", "set", "ipc_set", "paper", "ipc"}:
             raise UserError(f"table {path}: row {i + 1} needs a label and only preset/config/set/ipc_set/paper/ipc")
         where = f"row {r['label']!r}"
-        ipc_set, paper = r.get("ipc_set") or {}, r.get("paper") or {}
+        ipc_set, paper = (_mapping(r.get("ipc_set"), path, f"{where}: ipc_set", "{10: {lr: 1.0}}"),
+                           _mapping(r.get("paper"), path, f"{where}: paper", "{1: 33.9}"))
         _ints(ipc_set, path, f"{where}: the keys of ipc_set")
         _ints(paper, path, f"{where}: the keys of paper")
-        rows.append(Row(r["label"], r.get("preset"), r.get("config"), r.get("set") or {}, dict(ipc_set), dict(paper),
+        for ipc, values in ipc_set.items():
+            _mapping(values, path, f"{where}: ipc_set for ipc {ipc}")
+        rows.append(Row(r["label"], r.get("preset"), r.get("config"), _mapping(r.get("set"), path, f"{where}: set"),
+                        ipc_set, paper,
                         tuple(_ints(r["ipc"], path, f"{where}: ipc")) if r.get("ipc") is not None else None))
     if not rows:
         raise UserError(f"table {path}: no rows")
     spec = TableSpec(raw.get("name") or path.stem, rows, _ints(raw.get("ipc", [1]), path, "ipc"),
-                     _ints(raw.get("seeds", [0, 1, 2, 3, 4]), path, "seeds"), raw.get("protocol") or {}, path.parent)
+                     _ints(raw.get("seeds", [0, 1, 2, 3, 4]), path, "seeds"),
+                     _mapping(raw.get("protocol"), path, "protocol"), path.parent)
     for row in spec.rows:
         if row.only_ipc is not None and not set(row.only_ipc) <= set(spec.ipcs):
             raise UserError(f"table {path}: row {row.label!r} has ipc {list(row.only_ipc)}, "
