@@ -62,3 +62,14 @@ def test_validation_split_is_disjoint_and_fixed(mnist):
     assert on_test.split == "test" and list(on_test.other_accuracies) == ["val"]
     assert on_test.other_accuracies["val"] == on_val.accuracies
     assert "val_acc_mean" in on_test.metrics()
+
+
+def test_cosine_lr_schedule_anneals_the_step_on_the_coordinates(mnist):
+    # Without momentum an SGD step is lr_t * grad, so delta / grad recovers lr_t per iteration.
+    cfg = make_config(dict(TINY, iterations=4, log_every=1, lr=0.5, momentum=0.0, eval_models=1, eval_epochs=1),
+                      preset="quick")
+    ratios = lambda result: [r["delta_abs"] / r["grad_abs"] for r in result.history]  # noqa: E731
+    cosine = ratios(run(cfg.replace(lr_schedule="cosine"), data=mnist))
+    expected = [0.5 * (1 + np.cos(np.pi * t / 4)) / 2 for t in range(4)]
+    assert np.allclose(cosine, expected, rtol=0.02)
+    assert np.allclose(ratios(run(cfg, data=mnist)), 0.5, rtol=0.02)

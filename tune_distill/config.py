@@ -77,6 +77,9 @@ class Config(BaseModel):
     # moves points at 1 cloud per class barely moves them at 10.
     lr: float = Field(0.1, gt=0, le=1000, description="step size on the coordinates (scale it with ipc for SGD)")
     momentum: float = Field(0.5, ge=0, lt=1)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="cosine: anneal lr to 0 over the iterations (one step per iteration)"
+    )
     iterations: int = Field(1250, ge=0, le=1_000_000)
     batch_real: int = Field(256, ge=1, le=10000, description="real clouds per class per iteration")
 

@@ -119,6 +119,8 @@ def distill(
     syn.requires_grad_(True)
     opt = (torch.optim.SGD([syn], lr=cfg.lr, momentum=cfg.momentum) if cfg.optimizer == "sgd"
            else torch.optim.Adam([syn], lr=cfg.lr))
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.iterations))
+                if cfg.lr_schedule == "cosine" else None)
     ipc = cfg.ipc
     history: list[dict] = []
     started = last_log = time.perf_counter()
@@ -155,6 +157,8 @@ def distill(
             if outer == cfg.outer_loop - 1:
                 break
             _train_on_synthetic(net, encode, syn.detach(), num_classes, ipc, cfg.inner_loop, cfg.lr_net, device)
+        if schedule is not None:
+            schedule.step()
         if it % cfg.log_every == 0 or it == cfg.iterations - 1:
             now = time.perf_counter()
             steps = it + 1 - (history[-1]["iteration"] + 1 if history else 0)
