@@ -233,7 +233,8 @@ def cmd_table(args: argparse.Namespace) -> int:
 
         first = spec.config(spec.rows[0], spec.ipcs[0], spec.seeds[0])
         run_table(spec, root, lambda: load_dataset(first.dataset, args.data_dir, threshold=first.threshold),
-                  rows=rows, ipcs=args.ipc, seeds=args.seed, log=lambda line: print(line, flush=True))
+                  rows=rows, ipcs=args.ipc, seeds=args.seed, device=args.device,
+                  log=lambda line: print(line, flush=True))
     markdown = render_markdown(spec, root)
     root.mkdir(parents=True, exist_ok=True)
     (root / "table.md").write_text(markdown)
@@ -321,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", metavar="ROW[,ROW]", help="only these rows (label or slug)")
     p.add_argument("--ipc", type=int, action="append", help="only this IPC (repeatable)")
     p.add_argument("--seed", type=int, action="append", help="only this seed (repeatable)")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"],
+                   help="run the missing cells here (default: the spec's, cpu); the table marks GPU cells")
     p.add_argument("--storage", metavar="DIR", help="folder holding results (default: results)")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the MNIST files (else $TUNE_DISTILL_DATA, else a cache)")
     p.set_defaults(func=cmd_table)

@@ -137,13 +137,16 @@ def check_selection(spec: TableSpec, rows: list[str] | None = None, ipcs: list[i
 
 
 def run_table(spec: TableSpec, root: Path, load_data: Callable[[], Any], rows: list[str] | None = None,
-              ipcs: list[int] | None = None, seeds: list[int] | None = None,
+              ipcs: list[int] | None = None, seeds: list[int] | None = None, device: str | None = None,
               log: Callable[[str], None] = print) -> None:
     """Run every missing cell (skipping finished ones), saving each as a run folder.
 
     ``rows`` (labels or slugs), ``ipcs`` and ``seeds`` restrict the run to part of the table; a
     name or number the spec does not have is a ``UserError``, not a silent no-op. ``load_data``
-    is called once, at the first missing cell, so a finished table reads no dataset.
+    is called once, at the first missing cell, so a finished table reads no dataset. ``device``
+    (cpu, cuda, auto) replaces the cells' device; it is where a cell runs, not what it is, so it
+    is not part of the spec, but each cell's config.yaml records it and the rendered table says
+    which cells ran on a GPU.
     """
     from .artifacts import save_run
     from .run import run
@@ -161,10 +164,11 @@ def run_table(spec: TableSpec, root: Path, load_data: Callable[[], Any], rows: l
                 if (seeds and seed not in seeds) or (out / "metrics.json").exists():
                     continue
                 data = data if data is not None else load_data()
-                result = run(spec.config(row, ipc, seed), data=data)
+                cfg = spec.config(row, ipc, seed)
+                result = run(cfg.replace(device=device) if device else cfg, data=data)
                 save_run(result, out)
                 log(f"{row.label} | ipc {ipc} | seed {seed}: {100 * result.acc_mean:.2f} % "
-                    f"({result.seconds:.0f} s) -> {out}")
+                    f"({result.seconds:.0f} s on {result.config.device}) -> {out}")
 
 
 def collect(spec: TableSpec, root: Path) -> list[dict]:
@@ -208,4 +212,17 @@ def render_markdown(spec: TableSpec, root: Path) -> str:
         cells += [f"{mine[i]['paper']}" if mine[i]["paper"] is not None else "—" for i in ipcs]
         cells.append(" / ".join(str(mine[i]["seeds"]) for i in ipcs))
         lines.append("| " + " | ".join(cells) + " |")
+    gpu = [f"{row.label} (IPC {ipc}, seeds {', '.join(map(str, seeds))})"
+           for row in spec.rows for ipc in spec.ipcs if (seeds := _seeds_on_gpu(spec, root, row, ipc))]
+    if gpu:  # CPU and GPU give different numbers for one seed: say which is which
+        lines += ["", "Ran on a GPU (device cuda); every other cell ran on a CPU: " + "; ".join(gpu) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _seeds_on_gpu(spec: TableSpec, root: Path, row: Row, ipc: int) -> list[int]:
+    seeds = []
+    for seed in spec.seeds:
+        f = cell_dir(root, row, ipc, seed) / "config.yaml"
+        if f.exists() and (yaml.safe_load(f.read_text()) or {}).get("device") not in (None, "cpu"):
+            seeds.append(seed)
+    return seeds
