@@ -95,3 +95,27 @@ def test_part_of_a_table_runs_alone_and_unknown_parts_are_errors(tmp_path, mnist
             assert main([*args, *extra, *mode]) == 2
             err = capsys.readouterr().err
             assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_device_is_where_cells_run_and_the_table_names_gpu_cells(tmp_path, mnist_dir, capsys):
+    spec = _write(tmp_path, {**SPEC, "rows": SPEC["rows"][:1]})
+    data = ["--data-dir", str(mnist_dir)] if mnist_dir else []
+    args = ["table", str(spec), "--storage", str(tmp_path), *data]
+    assert main([*args, "--seed", "0", "--device", "cpu"]) == 0
+    seed0 = tmp_path / "table-tiny" / "baseline-random-real" / "ipc1" / "seed0"
+    assert yaml.safe_load((seed0 / "config.yaml").read_text())["device"] == "cpu"
+    assert "Ran on a GPU" not in capsys.readouterr().out
+    if not __import__("torch").cuda.is_available():
+        # A missing cell asked to run on an absent GPU: one line, exit 2, finished cells untouched.
+        stamp = (seed0 / "metrics.json").stat().st_mtime_ns
+        assert main([*args, "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert "no CUDA device is visible" in err and err.count("\n") == 1
+        assert (seed0 / "metrics.json").stat().st_mtime_ns == stamp
+        assert not (tmp_path / "table-tiny" / "baseline-random-real" / "ipc1" / "seed1" / "metrics.json").exists()
+    # A cell brought back from a GPU machine records device cuda in its config; the table says so.
+    cfg = yaml.safe_load((seed0 / "config.yaml").read_text())
+    (seed0 / "config.yaml").write_text(yaml.safe_dump({**cfg, "device": "cuda"}, sort_keys=False))
+    assert main([*args, "--no-run"]) == 0
+    assert "Ran on a GPU (device cuda); every other cell ran on a CPU: baseline: random real (IPC 1, seeds 0)." \
+        in capsys.readouterr().out
