@@ -117,5 +117,5 @@ def test_device_is_where_cells_run_and_the_table_names_gpu_cells(tmp_path, mnist
     cfg = yaml.safe_load((seed0 / "config.yaml").read_text())
     (seed0 / "config.yaml").write_text(yaml.safe_dump({**cfg, "device": "cuda"}, sort_keys=False))
     assert main([*args, "--no-run"]) == 0
-    assert "Ran on a GPU (device cuda); every other cell ran on a CPU: baseline: random real (IPC 1, seeds 0)." \
+    assert "Ran on a GPU (device cuda); every other cell ran on a CPU: baseline: random real (IPC 1, seed 0)." \
         in capsys.readouterr().out

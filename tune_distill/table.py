@@ -212,7 +212,7 @@ def render_markdown(spec: TableSpec, root: Path) -> str:
         cells += [f"{mine[i]['paper']}" if mine[i]["paper"] is not None else "—" for i in ipcs]
         cells.append(" / ".join(str(mine[i]["seeds"]) for i in ipcs))
         lines.append("| " + " | ".join(cells) + " |")
-    gpu = [f"{row.label} (IPC {ipc}, seeds {', '.join(map(str, seeds))})"
+    gpu = [f"{row.label} (IPC {ipc}, seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))})"
            for row in spec.rows for ipc in spec.ipcs if (seeds := _seeds_on_gpu(spec, root, row, ipc))]
     if gpu:  # CPU and GPU give different numbers for one seed: say which is which
         lines += ["", "Ran on a GPU (device cuda); every other cell ran on a CPU: " + "; ".join(gpu) + "."]
