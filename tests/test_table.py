@@ -101,11 +101,13 @@ def test_device_is_where_cells_run_and_the_table_names_gpu_cells(tmp_path, mnist
     spec = _write(tmp_path, {**SPEC, "rows": SPEC["rows"][:1]})
     data = ["--data-dir", str(mnist_dir)] if mnist_dir else []
     args = ["table", str(spec), "--storage", str(tmp_path), *data]
-    assert main([*args, "--seed", "0", "--device", "cpu"]) == 0
+    has_cuda = __import__("torch").cuda.is_available()
+    assert main([*args, "--seed", "0", "--device", "auto"]) == 0
     seed0 = tmp_path / "table-tiny" / "baseline-random-real" / "ipc1" / "seed0"
-    assert yaml.safe_load((seed0 / "config.yaml").read_text())["device"] == "cpu"
-    assert "Ran on a GPU" not in capsys.readouterr().out
-    if not __import__("torch").cuda.is_available():
+    # auto is recorded as the device the cell ran on, not as "auto"
+    assert yaml.safe_load((seed0 / "config.yaml").read_text())["device"] == ("cuda" if has_cuda else "cpu")
+    assert ("Ran on a GPU" in capsys.readouterr().out) == has_cuda
+    if not has_cuda:
         # A missing cell asked to run on an absent GPU: one line, exit 2, finished cells untouched.
         stamp = (seed0 / "metrics.json").stat().st_mtime_ns
         assert main([*args, "--device", "cuda"]) == 2

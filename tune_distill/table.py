@@ -149,9 +149,11 @@ def run_table(spec: TableSpec, root: Path, load_data: Callable[[], Any], rows: l
     which cells ran on a GPU.
     """
     from .artifacts import save_run
-    from .run import run
+    from .run import resolve_device, run
 
     check_selection(spec, rows, ipcs, seeds)
+    if device == "auto":  # record where the cells ran, which the rendered table reports
+        device = resolve_device(device).type
     data = None
     for row in spec.rows:
         if rows and row.slug not in rows and row.label not in rows:
