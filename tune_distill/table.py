@@ -174,20 +174,24 @@ def run_table(spec: TableSpec, root: Path, load_data: Callable[[], Any], rows: l
 
 
 def collect(spec: TableSpec, root: Path) -> list[dict]:
-    """One record per (row, ipc) with the per-seed test (and val) means found on disk."""
+    """One record per (row, ipc) with the per-seed test (and val) means found on disk, and the
+    seeds whose cell ran on a GPU (its config.yaml's device)."""
     records = []
     for row in spec.rows:
         for ipc in spec.ipcs:
-            test, val = [], []
+            test, val, gpu = [], [], []
             for seed in spec.seeds:
-                f = cell_dir(root, row, ipc, seed) / "metrics.json"
-                if f.exists():
-                    m = json.loads(f.read_text())
+                cell = cell_dir(root, row, ipc, seed)
+                if (cell / "metrics.json").exists():
+                    m = json.loads((cell / "metrics.json").read_text())
                     test.append(100 * m["acc_mean"])
                     if "val_acc_mean" in m:
                         val.append(100 * m["val_acc_mean"])
+                    config = cell / "config.yaml"
+                    if config.exists() and (yaml.safe_load(config.read_text()) or {}).get("device") not in (None, "cpu"):
+                        gpu.append(seed)
             records.append({"row": row.label, "ipc": ipc, "seeds": len(test), "test": test, "val": val,
-                            "paper": row.paper.get(ipc)})
+                            "gpu_seeds": gpu, "paper": row.paper.get(ipc)})
     return records
 
 
@@ -214,17 +218,8 @@ def render_markdown(spec: TableSpec, root: Path) -> str:
         cells += [f"{mine[i]['paper']}" if mine[i]["paper"] is not None else "—" for i in ipcs]
         cells.append(" / ".join(str(mine[i]["seeds"]) for i in ipcs))
         lines.append("| " + " | ".join(cells) + " |")
-    gpu = [f"{row.label} (IPC {ipc}, seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))})"
-           for row in spec.rows for ipc in spec.ipcs if (seeds := _seeds_on_gpu(spec, root, row, ipc))]
+    gpu = [f"{r['row']} (IPC {r['ipc']}, seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))})"
+           for r in records if (seeds := r["gpu_seeds"])]
     if gpu:  # CPU and GPU give different numbers for one seed: say which is which
         lines += ["", "Ran on a GPU (device cuda); every other cell ran on a CPU: " + "; ".join(gpu) + "."]
     return "\n".join(lines) + "\n"
-
-
-def _seeds_on_gpu(spec: TableSpec, root: Path, row: Row, ipc: int) -> list[int]:
-    seeds = []
-    for seed in spec.seeds:
-        f = cell_dir(root, row, ipc, seed) / "config.yaml"
-        if f.exists() and (yaml.safe_load(f.read_text()) or {}).get("device") not in (None, "cpu"):
-            seeds.append(seed)
-    return seeds
