@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -65,6 +66,12 @@ def test_table_runs_cells_once_and_renders_from_disk(tmp_path, mnist_dir, capsys
 def test_bad_specs_are_one_line_errors(tmp_path, change, message):
     with pytest.raises(UserError, match=re.escape(message)):
         load_table(_write(tmp_path, {**SPEC, **change}))
+
+
+def test_a_missing_spec_names_the_shipped_ones(monkeypatch):
+    monkeypatch.chdir(Path(__file__).parents[1])  # the repository root, where tables/ lives
+    with pytest.raises(UserError, match=re.escape("table spec tables/mnsit.yaml not found; shipped specs: ") + ".*tables/mnist.yaml"):
+        load_table("tables/mnsit.yaml")
 
 
 def test_a_row_tuned_for_one_ipc_runs_at_that_ipc_only(tmp_path, mnist_dir, capsys):

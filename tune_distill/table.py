@@ -85,6 +85,10 @@ def _mapping(value: Any, path: Path, where: str, example: str = "{lr: 0.1}") -> 
 def load_table(path: str | Path) -> TableSpec:
     """Read and validate a table spec; every cell's config is checked before anything runs."""
     path = Path(path)
+    if not path.is_file():
+        shipped = sorted(str(p) for p in Path("tables").glob("*.yaml"))
+        hint = f"; shipped specs: {', '.join(shipped)}" if shipped else ""
+        raise UserError(f"table spec {path} not found{hint}")
     raw = load_config_file(path)
     unknown = set(raw) - {"name", "rows", "ipc", "seeds", "protocol"}
     if unknown:
