@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from .config import Config, PRESETS, load_config_file, make_config, parse_assignments
 from .errors import UserError
@@ -296,7 +296,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (and exit 2) like every other user error."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

@@ -38,7 +38,7 @@ class Encoding:
     def in_channels(self, dims: int) -> int:
         return dims if self.kind == "features" else 1
 
-    def __call__(self, batch: PointBatch, grid_shape: tuple[int, ...], sparse: bool):
+    def __call__(self, batch: PointBatch, grid_shape: tuple[int, ...], sparse: bool) -> SparseTensor | torch.Tensor:
         if self.kind == "features":
             x = SparseTensor.from_points(batch.points, batch.batch, batch.points, batch.size, grid_shape)
             return x if sparse else to_dense(x)
@@ -56,7 +56,9 @@ class Encoding:
         grid = value.new_zeros((batch.size, *grid_shape))
         return grid.index_put(tuple(coords.unbind(1)), value)[:, None]
 
-    def splat_weights(self, batch: PointBatch, grid_shape: tuple[int, ...], keep_zero: bool = True):
+    def splat_weights(
+        self, batch: PointBatch, grid_shape: tuple[int, ...], keep_zero: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every (point, neighbouring cell) pair: cells (M*K, 1+D) with batch index, weights (M*K,).
 
         ``keep_zero`` keeps pairs of weight zero (a point exactly on a cell still has a

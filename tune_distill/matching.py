@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from .sparse import SparseTensor
+
 DISTANCES = ("sum_of_squares", "layerwise_cosine", "mse", "cosine")
 
 
@@ -54,7 +56,12 @@ def gradient_distance(real: Sequence[torch.Tensor], syn: Sequence[torch.Tensor],
 
 
 def gradient_match(
-    net: torch.nn.Module, real_input, real_labels: torch.Tensor, syn_input, syn_labels: torch.Tensor, kind: str
+    net: torch.nn.Module,
+    real_input: torch.Tensor | SparseTensor,
+    real_labels: torch.Tensor,
+    syn_input: torch.Tensor | SparseTensor,
+    syn_labels: torch.Tensor,
+    kind: str,
 ) -> torch.Tensor:
     """One class's gradient-matching loss: distance between the network's weight gradients.
 
@@ -72,7 +79,9 @@ def gradient_match(
     return gradient_distance([r for r, _ in pairs], [s for _, s in pairs], kind)
 
 
-def distribution_match(embed: Callable[..., torch.Tensor], real_input, syn_input) -> torch.Tensor:
+def distribution_match(
+    embed: Callable[..., torch.Tensor], real_input: torch.Tensor | SparseTensor, syn_input: torch.Tensor | SparseTensor
+) -> torch.Tensor:
     """DM's loss for one class: squared distance between mean embeddings."""
     with torch.no_grad():
         real_mean = embed(real_input).mean(0)

@@ -8,11 +8,16 @@ dense tensor at the end, so a network's parameters and outputs do not depend on 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..errors import UserError
 from . import ops
 from .tensor import SparseTensor
+
+if TYPE_CHECKING:  # get_backend imports it only when it is asked for
+    from .minkowski import MinkowskiBackend
 
 
 class SparseBackend:
@@ -49,7 +54,7 @@ class SparseBackend:
         return ops.to_dense(x)
 
 
-def get_backend(name: str, truncated: bool = False):
+def get_backend(name: str, truncated: bool = False) -> SparseBackend | MinkowskiBackend:
     """The backend called ``name``: torch, minkowski, or auto (minkowski when it imports).
 
     MinkowskiEngine's ops have no double backward, so it can only stand in for a truncated

@@ -24,7 +24,7 @@ import itertools
 import math
 from dataclasses import dataclass
 from functools import cached_property, partial
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -90,7 +90,7 @@ class KernelMap:
             self._inv[dtype] = 1.0 / self.counts.clamp(min=1).to(dtype)[:, None]
         return self._inv[dtype]
 
-    def segments(self):
+    def segments(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """Yield (offset index, in_idx, out_idx) for every offset with at least one pair."""
         for j, k in enumerate(self.active):
             col = self.table[:, j]
