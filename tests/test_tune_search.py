@@ -168,7 +168,9 @@ def _driver(space_file: Path, name: str, storage: Path, address: str, mnist_dir,
     return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
 
 
-def _wait_for_checkpoints(exp_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_for_checkpoints(exp_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    # Returns at the first checkpoint; the deadline only bounds a hang. It is generous because a
+    # trial's first seed takes seconds on an idle 2-core machine but minutes on a busy one.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if len(list(exp_dir.glob("trial_*/checkpoint_*"))) >= n:
