@@ -73,3 +73,14 @@ def test_cosine_lr_schedule_anneals_the_step_on_the_coordinates(mnist):
     expected = [0.5 * (1 + np.cos(np.pi * t / 4)) / 2 for t in range(4)]
     assert np.allclose(cosine, expected, rtol=0.02)
     assert np.allclose(ratios(run(cfg, data=mnist)), 0.5, rtol=0.02)
+
+
+def test_ce_weight_adds_the_synthetic_cross_entropy_to_distribution_matching(mnist):
+    # Every random stream (networks, real batches, augmentation) is independent of ce_weight, so
+    # at the first iteration the logged loss is DM's plus ce_weight times the same cross-entropy.
+    cfg = make_config(dict(TINY, iterations=1, log_every=1, objective="distribution", network="pretrained",
+                           pretrain_steps=5, augment=True, eval_models=1, eval_epochs=1), preset="quick")
+    loss = {w: run(cfg.replace(ce_weight=w), data=mnist).history[0]["loss"] for w in (0.0, 1.0, 3.0)}
+    ce = loss[1.0] - loss[0.0]
+    assert ce > 0.01  # ten classes' cross-entropy of clouds the network has barely learnt
+    assert np.isclose(loss[3.0] - loss[0.0], 3 * ce, rtol=1e-4)

@@ -145,7 +145,14 @@ def distill(
                     y_syn = torch.full((ipc,), c, device=device)
                     loss = loss + gradient_match(net, encode(real), y_real, encode(mine), y_syn, cfg.distance)
                 else:
-                    loss = loss + distribution_match(net.embed, encode(real), encode(mine))
+                    syn_input = encode(mine)
+                    loss = loss + distribution_match(net.embed, encode(real), syn_input)
+                    if cfg.ce_weight:
+                        # Means alone let a synthetic cloud sit between classes as long as the
+                        # class average is right; a pretrained network's cross-entropy pulls
+                        # each cloud toward its own class (IDM's class-aware regulariser).
+                        y_syn = torch.full((ipc,), c, device=device)
+                        loss = loss + cfg.ce_weight * F.cross_entropy(net(syn_input), y_syn)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"matching loss is {loss.item()} at iteration {it}; lower lr")
             before = syn.detach().clone()
