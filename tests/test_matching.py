@@ -55,3 +55,17 @@ def test_distribution_match_is_squared_mean_distance():
     loss.backward()
     assert torch.allclose(syn.grad, torch.tensor([[0.0, 4.0]]))
     assert math.isfinite(loss.item())
+
+
+def test_distribution_match_variance_term_spreads_the_synthetic_clouds():
+    embed = lambda x: x  # noqa: E731
+    real = torch.tensor([[0.0], [4.0]])  # mean 2, variance 8
+    syn = torch.tensor([[1.0], [3.0]], requires_grad=True)  # mean 2, variance 2
+    assert distribution_match(embed, real, syn).item() == pytest.approx(0)  # the means already agree
+    loss = distribution_match(embed, real, syn, var_weight=0.5)
+    assert loss.item() == pytest.approx(0.5 * (8 - 2) ** 2)
+    loss.backward()
+    assert syn.grad[0] > 0 > syn.grad[1]  # a descent step moves the two clouds apart
+    # One cloud per class has no variance to match: the term is off, not NaN.
+    one = torch.tensor([[1.0]], requires_grad=True)
+    assert distribution_match(embed, real, one, var_weight=1.0).item() == pytest.approx(1.0)

@@ -68,6 +68,9 @@ class Config(BaseModel):
         0.0, ge=0, le=100,
         description="distribution: add this times the cross-entropy of the synthetic clouds under the matching network (IDM's class-aware term; 0: off)",
     )
+    dm_var_weight: float = Field(
+        0.0, ge=0, le=100, description="distribution: also match per-dimension embedding variances, with this weight (0: off)"
+    )
     augment: bool = Field(False, description="same random rotation/scale/shift/jitter on real and synthetic")
     aug_rotate: float = Field(15.0, ge=0, le=180, description="max rotation (degrees)")
     aug_scale: float = Field(0.1, ge=0, lt=1, description="max relative scale change")

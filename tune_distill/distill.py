@@ -146,7 +146,7 @@ def distill(
                     loss = loss + gradient_match(net, encode(real), y_real, encode(mine), y_syn, cfg.distance)
                 else:
                     syn_input = encode(mine)
-                    loss = loss + distribution_match(net.embed, encode(real), syn_input)
+                    loss = loss + distribution_match(net.embed, encode(real), syn_input, cfg.dm_var_weight)
                     if cfg.ce_weight:
                         # Means alone let a synthetic cloud sit between classes as long as the
                         # class average is right; a pretrained network's cross-entropy pulls

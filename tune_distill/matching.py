@@ -80,9 +80,21 @@ def gradient_match(
 
 
 def distribution_match(
-    embed: Callable[..., torch.Tensor], real_input: torch.Tensor | SparseTensor, syn_input: torch.Tensor | SparseTensor
+    embed: Callable[..., torch.Tensor],
+    real_input: torch.Tensor | SparseTensor,
+    syn_input: torch.Tensor | SparseTensor,
+    var_weight: float = 0.0,
 ) -> torch.Tensor:
-    """DM's loss for one class: squared distance between mean embeddings."""
+    """DM's loss for one class: squared distance between mean embeddings.
+
+    With ``var_weight`` > 0, plus that times the squared distance between the per-dimension
+    variances: means alone are met by clouds that all sit near the class's centre, and the
+    variances ask the synthetic clouds to spread as the real ones do (needs 2+ clouds per class).
+    """
     with torch.no_grad():
-        real_mean = embed(real_input).mean(0)
-    return ((real_mean - embed(syn_input).mean(0)) ** 2).sum()
+        real = embed(real_input)
+    syn = embed(syn_input)
+    loss = ((real.mean(0) - syn.mean(0)) ** 2).sum()
+    if var_weight and len(syn) > 1:
+        loss = loss + var_weight * ((real.var(0) - syn.var(0)) ** 2).sum()
+    return loss
