@@ -66,7 +66,7 @@ class Config(BaseModel):
     distance: Literal["sum_of_squares", "layerwise_cosine", "mse", "cosine"] = "sum_of_squares"
     ce_weight: float = Field(
         0.0, ge=0, le=100,
-        description="distribution: add this times the cross-entropy of the synthetic clouds under the matching network (IDM's class-aware term; 0: off)",
+        description="distribution: add this times the synthetic clouds' cross-entropy under the matching network (0: off)",
     )
     dm_var_weight: float = Field(
         0.0, ge=0, le=100, description="distribution: also match per-dimension embedding variances, with this weight (0: off)"

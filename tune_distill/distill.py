@@ -150,7 +150,8 @@ def distill(
                     if cfg.ce_weight:
                         # Means alone let a synthetic cloud sit between classes as long as the
                         # class average is right; a pretrained network's cross-entropy pulls
-                        # each cloud toward its own class (IDM's class-aware regulariser).
+                        # each cloud toward its own class (IDM's class-aware regulariser). At
+                        # 10 clouds per class it cost accuracy (README, the IPC 10 probes).
                         y_syn = torch.full((ipc,), c, device=device)
                         loss = loss + cfg.ce_weight * F.cross_entropy(net(syn_input), y_syn)
             if not torch.isfinite(loss):
