@@ -140,9 +140,9 @@ def distill(
                     t = sample_transform(grid_shape, cfg.aug_rotate, cfg.aug_scale, cfg.aug_translate,
                                          cfg.aug_jitter, aug_gen)
                     real, mine = t(real), t(mine)
+                y_syn = torch.full((ipc,), c, device=device)
                 if cfg.objective == "gradient":
                     y_real = torch.full((real.size,), c, device=device)
-                    y_syn = torch.full((ipc,), c, device=device)
                     loss = loss + gradient_match(net, encode(real), y_real, encode(mine), y_syn, cfg.distance)
                 else:
                     syn_input = encode(mine)
@@ -152,7 +152,6 @@ def distill(
                         # class average is right; a pretrained network's cross-entropy pulls
                         # each cloud toward its own class (IDM's class-aware regulariser). At
                         # 10 clouds per class it cost accuracy (README, the IPC 10 probes).
-                        y_syn = torch.full((ipc,), c, device=device)
                         loss = loss + cfg.ce_weight * F.cross_entropy(net(syn_input), y_syn)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"matching loss is {loss.item()} at iteration {it}; lower lr")
