@@ -255,3 +255,28 @@ def test_sigkill_of_the_driver_then_rerun_finishes_the_search(ray_cluster, mnist
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{tmp_path / 'killed' / 'optuna.db'}")
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 5
     assert not any(t.state.name == "RUNNING" for t in study.trials)
+
+
+def test_resumed_searcher_keeps_a_trial_the_study_already_closed(tmp_path):
+    # The window a SIGKILL can hit: the study recorded a trial's end, Tune's snapshot did not, so
+    # Tune restores the trial as unfinished and it reports its final state to the searcher again.
+    from tune_distill.tune.searcher import ResumableOptunaSearch
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = ResumableOptunaSearch(space={"lr": optuna.distributions.FloatDistribution(0.01, 1.0, log=True)},
+                                     metric="objective", mode="max", storage=optuna.storages.RDBStorage(url),
+                                     study_name="s", sampler=optuna.samplers.TPESampler(seed=0))
+    assert "lr" in searcher.suggest("t1")
+    study = optuna.load_study(study_name="s", storage=url)  # the killed driver's own tell
+    study.tell(study.trials[0].number, 0.75)
+    searcher.on_trial_result("t1", {"objective": 0.5, "training_iteration": 1})
+    searcher.on_trial_result("t1", {"objective": 0.6, "training_iteration": 2})
+    searcher.on_trial_complete("t1", {"objective": 0.6, "training_iteration": 2})
+    (trial,) = optuna.load_study(study_name="s", storage=url).trials
+    assert trial.state.name == "COMPLETE" and trial.value == 0.75 and trial.intermediate_values == {}
+    # Trials the study has not closed are reported and told as before.
+    searcher.suggest("t2")
+    searcher.on_trial_result("t2", {"objective": 0.4, "training_iteration": 1})
+    searcher.on_trial_complete("t2", {"objective": 0.45, "training_iteration": 1})
+    second = optuna.load_study(study_name="s", storage=url).trials[1]
+    assert second.value == 0.45 and second.intermediate_values == {1: 0.4}

@@ -5,8 +5,8 @@ the cluster can ever run a trial (a GPU request on a cluster without GPUs would 
 PENDING forever), and runs Ray Tune:
 
 - searcher: ``OptunaSearch`` (seeded TPE, study in ``<experiment>/optuna.db``, which
-  ``optuna-dashboard sqlite:///results/<name>/optuna.db`` opens), Tune's seeded random search,
-  or a grid;
+  ``optuna-dashboard sqlite:///results/<name>/optuna.db`` opens; ``searcher`` makes it safe to
+  resume after a kill), Tune's seeded random search, or a grid;
 - scheduler: FIFO, or ASHA with seeds as its time unit;
 - ``max_concurrent_trials``, resources per trial, ``reuse_actors=True``, the dataset passed once
   with ``tune.with_parameters``, one checkpoint kept per trial.
@@ -114,15 +114,16 @@ def _searcher(space: SearchSpace, name: str, exp_dir: Path) -> tuple[Any, dict[s
     s = space.search
     if s.algorithm == "optuna":
         import optuna
-        from ray.tune.search.optuna import OptunaSearch
+
+        from .searcher import ResumableOptunaSearch
 
         # TPE starts with random samples; with a small budget, start modelling sooner.
         # constant_liar keeps concurrent trials from being suggested the same point.
         startup = max(2, min(10, space.num_trials // 3))
         sampler = optuna.samplers.TPESampler(seed=space.searcher_seed, n_startup_trials=startup, constant_liar=True)
         storage = optuna.storages.RDBStorage(study_url(exp_dir))
-        searcher = OptunaSearch(space=_optuna_distributions(space), metric="objective", mode=s.mode,
-                                sampler=sampler, storage=storage, study_name=name)
+        searcher = ResumableOptunaSearch(space=_optuna_distributions(space), metric="objective", mode=s.mode,
+                                         sampler=sampler, storage=storage, study_name=name)
         return searcher, {}
     # Tune ignores TuneConfig.max_concurrent_trials for a generator passed in: give it here.
     limit = s.concurrency or 0
