@@ -12,8 +12,6 @@ Imported only when a search runs: it imports Ray.
 
 from __future__ import annotations
 
-from typing import Any
-
 from optuna.exceptions import UpdateFinishedTrialError
 from ray.tune.search.optuna import OptunaSearch
 
@@ -21,19 +19,10 @@ from ray.tune.search.optuna import OptunaSearch
 class ResumableOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that ignores results for trials its study already finished."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._closed_by_study: set[str] = set()
-
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._closed_by_study:
-            return
+        # The completion that follows needs nothing here: ``OptunaSearch`` already catches the
+        # refused ``tell`` of a finished trial (a warning our quiet loggers hide).
         try:
             super().on_trial_result(trial_id, result)
         except UpdateFinishedTrialError:
-            self._closed_by_study.add(trial_id)
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        # Telling a closed trial again would only log a warning; the study's value stands.
-        if trial_id not in self._closed_by_study:
-            super().on_trial_complete(trial_id, result, error)
+            pass
