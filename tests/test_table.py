@@ -40,8 +40,14 @@ def test_table_runs_cells_once_and_renders_from_disk(tmp_path, mnist_dir, capsys
     assert cells == [f"table-tiny/{row}/ipc1/seed{s}/metrics.json" for row in ("baseline-random-real", "tiny-distill")
                      for s in (0, 1)]
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("table-tiny/*/ipc1/seed*/metrics.json")}
-    first = capsys.readouterr().out
+    first, err = capsys.readouterr()
     assert "| baseline: random real |" in first and "| 61.0 |" in first
+    # Each cell says what it runs before it runs (its folder appears only when it ends), and a
+    # distilling cell shows its progress.
+    logged = [ln.split(" | seed ")[1].split()[1] for ln in first.splitlines() if " | seed " in ln]
+    assert [w if w == "running" else "%" for w in logged] == ["running", "%"] * 4, first
+    assert "running 1 ConvNets x 3 epochs" in first and "running 2 iterations, then 1 ConvNets" in first
+    assert "distilling" in err and "2/2" in err
     # A second call finds every cell on disk: nothing reruns, the same table comes out.
     assert main(["table", str(spec), "--storage", str(tmp_path), *data]) == 0
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}

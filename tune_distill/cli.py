@@ -234,7 +234,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         first = spec.config(spec.rows[0], spec.ipcs[0], spec.seeds[0])
         run_table(spec, root, lambda: load_dataset(first.dataset, args.data_dir, threshold=first.threshold),
                   rows=rows, ipcs=args.ipc, seeds=args.seed, device=args.device,
-                  log=lambda line: print(line, flush=True))
+                  log=lambda line: print(line, flush=True), progress=_progress)
     markdown = render_markdown(spec, root)
     root.mkdir(parents=True, exist_ok=True)
     (root / "table.md").write_text(markdown)

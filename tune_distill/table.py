@@ -142,7 +142,8 @@ def check_selection(spec: TableSpec, rows: list[str] | None = None, ipcs: list[i
 
 def run_table(spec: TableSpec, root: Path, load_data: Callable[[], Any], rows: list[str] | None = None,
               ipcs: list[int] | None = None, seeds: list[int] | None = None, device: str | None = None,
-              log: Callable[[str], None] = print) -> None:
+              log: Callable[[str], None] = print,
+              progress: Callable[[int], tuple[Callable[[dict], None], Callable[[], None]]] | None = None) -> None:
     """Run every missing cell (skipping finished ones), saving each as a run folder.
 
     ``rows`` (labels or slugs), ``ipcs`` and ``seeds`` restrict the run to part of the table; a
@@ -150,7 +151,9 @@ def run_table(spec: TableSpec, root: Path, load_data: Callable[[], Any], rows: l
     is called once, at the first missing cell, so a finished table reads no dataset. ``device``
     (cpu, cuda, auto) replaces the cells' device; it is where a cell runs, not what it is, so it
     is not part of the spec, but each cell's config.yaml records it and the rendered table says
-    which cells ran on a GPU.
+    which cells ran on a GPU. ``log`` gets a line as each cell starts and ends (a cell writes its
+    folder only when it ends, and the paper's rows take hours on a CPU); ``progress(iterations)``,
+    if given, returns a ``(report, close)`` pair that follows one cell's distillation.
     """
     from .artifacts import save_run
     from .run import resolve_device, run
@@ -171,7 +174,14 @@ def run_table(spec: TableSpec, root: Path, load_data: Callable[[], Any], rows: l
                     continue
                 data = data if data is not None else load_data()
                 cfg = spec.config(row, ipc, seed)
-                result = run(cfg.replace(device=device) if device else cfg, data=data)
+                distills = f"{cfg.iterations} iterations, then " if cfg.iterations else ""
+                log(f"{row.label} | ipc {ipc} | seed {seed}: running {distills}"
+                    f"{cfg.eval_models} ConvNets x {cfg.eval_epochs} epochs")
+                report, close = progress(cfg.iterations) if progress and cfg.iterations else (None, lambda: None)
+                try:
+                    result = run(cfg.replace(device=device) if device else cfg, report=report, data=data)
+                finally:
+                    close()
                 save_run(result, out)
                 log(f"{row.label} | ipc {ipc} | seed {seed}: {100 * result.acc_mean:.2f} % "
                     f"({result.seconds:.0f} s on {result.config.device}) -> {out}")
