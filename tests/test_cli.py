@@ -63,8 +63,27 @@ def test_baseline_command(tmp_path, mnist_dir, capsys):
     whole = [a for pair in pairs if not pair[1].startswith("points=") for a in pair]
     assert main(["baseline", "herding", *whole, *_data(mnist_dir), "--out", str(tmp_path / "h")]) == 0
     assert yaml.safe_load((tmp_path / "h" / "config.yaml").read_text())["points"] == 400
+    # A --config file written for a distillation (fewer points, another ipc) sets the ipc, but a
+    # real-digit baseline still keeps whole digits.
+    (tmp_path / "ipc2.yaml").write_text(yaml.safe_dump({"ipc": 2, "points": 150}))
+    assert main(["baseline", "herding", "--config", str(tmp_path / "ipc2.yaml"), *whole, *_data(mnist_dir),
+                 "--out", str(tmp_path / "c")]) == 0
+    written = yaml.safe_load((tmp_path / "c" / "config.yaml").read_text())
+    assert (written["ipc"], written["points"], written["iterations"]) == (2, 400, 0)
     assert main(["baseline", "kmeans", *_data(mnist_dir)]) == 2
     assert "unknown baseline 'kmeans'" in capsys.readouterr().err
+
+
+def test_a_diverging_run_is_one_line_exit_1(tmp_path, mnist_dir):
+    # lr at its upper bound throws every point onto the grid's border; the augmentation then
+    # moves a whole class out of the grid, which would leave nothing to match.
+    proc = subprocess.run([sys.executable, "-m", "tune_distill.cli", "run", *TINY, "--set", "lr=1000", "--set", "iterations=6",
+                           "--set", "objective=gradient", *_data(mnist_dir), "--out", str(tmp_path / "x")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("tune-distill: error: class ") and last.endswith("; lower lr"), last
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("args,message", [
@@ -74,6 +93,7 @@ def test_baseline_command(tmp_path, mnist_dir, capsys):
     (["--set", "depth"], "--set expects key=value"),
     (["--preset", "huge"], "invalid choice"),
     (["--config", "/nonexistent.yaml"], "not found"),
+    (["--config", "/"], "cannot read config file / (IsADirectoryError); give a config.yaml"),
     (["--set", "eval_split=val"], "val_size"),
 ])
 def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path, args, message):

@@ -7,6 +7,7 @@ before the input has been validated.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,8 @@ from .config import Config, PRESETS, load_config_file, make_config, parse_assign
 from .errors import UserError
 
 # Baselines are runs without iterations. Real digits keep all their points (400 exceeds the
-# 250-point cap), so a baseline is the digit itself, not a subsample; --set points=... still wins.
+# 250-point cap), so a baseline is the digit itself, not a subsample, also under a --config file
+# written for a distillation run; --set points=... still wins.
 BASELINES: dict[str, dict[str, Any]] = {
     "random_real": {"init": "real", "points": 400},
     "herding": {"init": "herding", "points": 400},
@@ -25,14 +27,15 @@ BASELINES: dict[str, dict[str, Any]] = {
 
 
 def _config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None, **forced: Any) -> Config:
-    """Preset, then ``defaults``, then ``--config`` file, then ``--set`` pairs, then ``--seed``,
+    """Preset, then ``--config`` file, then ``defaults``, then ``--set`` pairs, then ``--seed``,
     then ``forced``: later wins."""
     preset = args.preset
-    values: dict[str, Any] = dict(defaults or {})
+    values: dict[str, Any] = {}
     if args.config:
         values.update(load_config_file(args.config))
     elif preset is None:
         preset = "quick"
+    values.update(defaults or {})
     values.update(parse_assignments(args.set or []))
     if args.seed is not None:
         values["seed"] = args.seed
@@ -97,8 +100,9 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     if args.name not in BASELINES:
         raise UserError(f"unknown baseline {args.name!r}; choose one of: {', '.join(BASELINES)}")
     baseline = BASELINES[args.name]
-    cfg = _config_from_args(args, baseline, init=baseline["init"], iterations=0, ipc=args.ipc)
-    return _run_and_save(cfg, args, f"baseline-{args.name}-ipc{args.ipc}-seed{cfg.seed}")
+    ipc = {"ipc": args.ipc} if args.ipc is not None else {}  # else the config's (or the preset's) ipc
+    cfg = _config_from_args(args, baseline, init=baseline["init"], iterations=0, **ipc)
+    return _run_and_save(cfg, args, f"baseline-{args.name}-ipc{cfg.ipc}-seed{cfg.seed}")
 
 
 # Search: search / results / export / report. Ray is imported only inside these commands.
@@ -144,8 +148,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(_table(best, df.attrs["params"]))
     storage = f" --storage {args.storage}" if args.storage else ""
     if outcome.interrupted:
-        space_arg = f"{args.space} " if args.space else ""
-        print(f"interrupted: resume with  tune-distill search {space_arg}--name {name}{storage} --resume", file=sys.stderr)
+        # The stored space already holds every override, so the resume needs only where things are.
+        where = "".join(f" --{flag.replace('_', '-')} {shlex.quote(str(getattr(args, flag)))}"
+                        for flag in ("storage", "data_dir", "address") if getattr(args, flag))
+        print(f"interrupted: resume with  tune-distill search --name {name} --resume{where}", file=sys.stderr)
         return 130
     if outcome.budget_spent:
         print(f"the time budget ({space.search.time_budget_s:g} s) ended the search after {outcome.finished} trials")
@@ -285,7 +291,8 @@ def _add_search_commands(sub: Any) -> None:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named preset (default: quick)")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="start from a named preset (default: quick; with --config, keys the file lacks take the paper protocol's defaults)")
     p.add_argument("--config", metavar="FILE", help="a config.yaml (e.g. one a run wrote)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--seed", type=int, help="the run's seed")
@@ -310,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("baseline", help="evaluate a baseline set (no distillation) with the same evaluator")
     p.add_argument("name", help=f"one of: {', '.join(BASELINES)}")
-    p.add_argument("--ipc", type=int, default=1, help="clouds per class (default 1)")
+    p.add_argument("--ipc", type=int, help="clouds per class (default: the config's, 1 for a preset)")
     _add_run_options(p)
     p.set_defaults(func=cmd_baseline)
 
@@ -319,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="run a results table's missing cells (a spec in tables/) and print it as markdown")
     p.add_argument("spec", help="table spec, e.g. tables/mnist.yaml")
     p.add_argument("--no-run", action="store_true", help="only render what is on disk")
-    p.add_argument("--rows", metavar="ROW[,ROW]", help="only these rows (label or slug)")
+    p.add_argument("--rows", metavar="ROW[,ROW]", help="only these rows, comma-separated: slugs (their folder names under results/table-NAME/) or labels without commas")
     p.add_argument("--ipc", type=int, action="append", help="only this IPC (repeatable)")
     p.add_argument("--seed", type=int, action="append", help="only this seed (repeatable)")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"],
@@ -339,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"tune-distill: error: {exc}", file=sys.stderr)
         return 2
+    except FloatingPointError as exc:  # a run diverged under valid but too-aggressive settings
+        print(f"tune-distill: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("tune-distill: interrupted", file=sys.stderr)
         return 130

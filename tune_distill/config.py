@@ -211,6 +211,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {path} not found") from None
     except yaml.YAMLError as exc:
         raise UserError(f"config file {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, a binary file
+        raise UserError(f"cannot read config file {path} ({exc.__class__.__name__}); give a config.yaml") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of config keys")
     return data

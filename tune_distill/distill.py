@@ -140,6 +140,11 @@ def distill(
                     t = sample_transform(grid_shape, cfg.aug_rotate, cfg.aug_scale, cfg.aug_translate,
                                          cfg.aug_jitter, aug_gen)
                     real, mine = t(real), t(mine)
+                    if not _any_inside(mine, grid_shape):
+                        # Points are clamped into the grid, so only a cloud collapsed onto its border
+                        # can be moved wholly outside it; it would have no splat to match.
+                        raise FloatingPointError(f"class {c}'s synthetic points all sit on the grid's border, and the "
+                                                 f"augmentation moved every one outside it at iteration {it}; lower lr")
                 y_syn = torch.full((ipc,), c, device=device)
                 if cfg.objective == "gradient":
                     y_real = torch.full((real.size,), c, device=device)
@@ -160,6 +165,8 @@ def distill(
             loss.backward()
             grad_abs = syn.grad.abs().mean().item()
             opt.step()
+            if not torch.isfinite(syn).all():
+                raise FloatingPointError(f"synthetic coordinates are not finite after iteration {it}; lower lr")
             delta_abs = (syn.detach() - before).abs().mean().item()
             if outer == cfg.outer_loop - 1:
                 break
@@ -180,6 +187,15 @@ def distill(
         snap_points()
     syn.requires_grad_(False)
     return history
+
+
+def _any_inside(batch: PointBatch, grid_shape: tuple[int, ...]) -> bool:
+    """Whether some point is less than a cell from the inside of the grid on every free axis,
+    i.e. whether its linear splat reaches a cell."""
+    free = [axis for axis, extent in enumerate(grid_shape) if extent > 1]
+    p = batch.points.detach()[:, free]
+    hi = torch.tensor([grid_shape[axis] for axis in free], dtype=p.dtype, device=p.device)
+    return bool(((p > -1) & (p < hi)).all(1).any())
 
 
 def _train_on_synthetic(net, encode, syn, num_classes, ipc, steps, lr, device) -> None:

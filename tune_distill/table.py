@@ -111,15 +111,26 @@ def load_table(path: str | Path) -> TableSpec:
                         tuple(_ints(r["ipc"], path, f"{where}: ipc")) if r.get("ipc") is not None else None))
     if not rows:
         raise UserError(f"table {path}: no rows")
+    slugs = [row.slug for row in rows]
+    if len(set(slugs)) < len(slugs):  # they would share one folder per cell
+        twin = next(s for s in slugs if slugs.count(s) > 1)
+        raise UserError(f"table {path}: two rows have labels that make the same folder name {twin!r}; rename one")
     spec = TableSpec(raw.get("name") or path.stem, rows, _ints(raw.get("ipc", [1]), path, "ipc"),
                      _ints(raw.get("seeds", [0, 1, 2, 3, 4]), path, "seeds"),
                      _mapping(raw.get("protocol"), path, "protocol"), path.parent)
+    if not spec.ipcs or not spec.seeds:
+        raise UserError(f"table {path}: ipc and seeds need at least one value each, e.g. ipc: [1, 10]")
+    data = set()
     for row in spec.rows:
-        if row.only_ipc is not None and not set(row.only_ipc) <= set(spec.ipcs):
+        if row.only_ipc is not None and not (row.only_ipc and set(row.only_ipc) <= set(spec.ipcs)):
             raise UserError(f"table {path}: row {row.label!r} has ipc {list(row.only_ipc)}, "
                             f"not all in the table's ipc {spec.ipcs}")
         for ipc in filter(row.runs_at, spec.ipcs):
-            spec.config(row, ipc, spec.seeds[0])
+            cfg = spec.config(row, ipc, spec.seeds[0])
+            data.add((cfg.dataset, cfg.threshold))
+    if len(data) > 1:  # the table loads its dataset once, for every cell
+        raise UserError(f"table {path}: rows use different data {sorted(data)} (dataset, threshold); "
+                        "set them in the protocol so every row shares them")
     return spec
 
 

@@ -222,6 +222,9 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Sea
         raise UserError(f"search space {path} not found{hint}") from None
     except yaml.YAMLError as exc:
         raise UserError(f"search space {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, a binary file
+        raise UserError(f"cannot read search space {path} ({exc.__class__.__name__}); give a YAML file "
+                        "such as search_spaces/quick.yaml") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
