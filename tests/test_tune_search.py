@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from tune_distill import UserError, load_results
 from tune_distill.artifacts import load_synthetic
 from tune_distill.cli import main
 from tune_distill.tune import search, space_from_dict
-from tune_distill.tune.results import leaderboard
+from tune_distill.tune.results import BASE_FILE, SPACE_FILE, leaderboard
 
 TINY = dict(iterations=3, batch_real=8, width=8, points=60, eval_models=1, eval_epochs=30, eval_width=16,
             eval_test_size=300)
@@ -108,6 +109,16 @@ def test_small_search_results_export_report(ray_cluster, mnist_dir, tmp_path, ca
     assert np.allclose(vertex["x"], cloud[:, 2]) and np.allclose(vertex["y"], -cloud[:, 1])
     board = (out / "leaderboard.csv").read_text().splitlines()
     assert len(board) == 4 and board[0].startswith("rank,trial,")
+    # Exporting again replaces this experiment's folders, but never removes another's.
+    assert main(["export", "small", "--storage", str(tmp_path), "--top", "1", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [folders[0].name]
+    other = out / "07_trial7"
+    other.mkdir()
+    (other / "metrics.json").write_text(json.dumps({"search": {"experiment": str(tmp_path / "other")}}))
+    capsys.readouterr()
+    assert main(["export", "small", "--storage", str(tmp_path), "--out", str(out)]) == 2
+    assert "holds 07_trial7, not exported from 'small'" in capsys.readouterr().err
+    assert other.is_dir() and (out / folders[0].name / "synthetic.npz").is_file()
 
     # Report: PNG plots and a markdown summary.
     assert main(["report", "small", "--storage", str(tmp_path)]) == 0
@@ -157,6 +168,18 @@ def test_gpus_on_a_cluster_without_gpus_fail_before_the_search(ray_cluster, mnis
         search(space_from_dict(raw), name="gpu", storage=tmp_path, data_dir=mnist_dir)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "gpu").exists()  # nothing started, nothing written
+
+
+def test_a_budgeted_search_whose_driver_died_before_any_trial_runs_on_rerun(ray_cluster, mnist_dir, tmp_path):
+    # The driver writes base_config.yaml and space.yaml, then starts Tune; killed in between, it
+    # leaves an experiment with no trial at all. That is an interruption, not a spent budget.
+    space = space_from_dict(tiny_space({"depth": {"choice": [2]}}, algorithm="grid", seeds=1, time_budget_s=600))
+    exp = tmp_path / "early"
+    exp.mkdir()
+    (exp / BASE_FILE).write_text(yaml.safe_dump(space.base_values(), sort_keys=False))
+    (exp / SPACE_FILE).write_text(yaml.safe_dump(space.to_dict(), sort_keys=False))
+    outcome = search(space, name="early", storage=tmp_path, data_dir=mnist_dir, progress=False)
+    assert (outcome.finished, outcome.budget_spent, outcome.interrupted) == (1, False, False)
 
 
 def _driver(space_file: Path, name: str, storage: Path, address: str, mnist_dir, *extra: str) -> subprocess.Popen:
@@ -222,7 +245,12 @@ def test_sigint_then_resume_finishes_the_grid(ray_cluster, mnist_dir, tmp_path):
     assert proc.wait(timeout=120) == 130  # fit() returned with a partial grid: "interrupted, resume with"
     partial = load_results("interrupted", storage=tmp_path)
     assert (partial["status"] == "done").sum() < 6
-    resumed = _driver(space_file, "interrupted", tmp_path, ray_cluster, mnist_dir, "--resume")
+    # The command the driver printed resumes it as it is, without the space file.
+    log = (tmp_path / "interrupted.log").read_text()
+    hint = shlex.split(next(ln for ln in log.splitlines() if "resume with" in ln).split("resume with", 1)[1])
+    assert hint[:2] == ["tune-distill", "search"] and str(space_file) not in hint
+    resumed = subprocess.Popen([sys.executable, "-m", "tune_distill.cli", *hint[1:]], cwd=REPO,
+                               stdout=open(tmp_path / "interrupted.log", "ab"), stderr=subprocess.STDOUT)
     assert resumed.wait(timeout=180) == 0, (tmp_path / "interrupted.log").read_text()[-3000:]
     df = load_results("interrupted", storage=tmp_path)
     _assert_complete_without_repeats(df, 6, ["depth", "pooling"], 2)

@@ -84,6 +84,14 @@ def export_trial(row: pd.Series, params: list[str], out: Path, experiment: str) 
     return out
 
 
+def _exported_from(folder: Path) -> Path | None:
+    """The experiment an export folder came from (its metrics.json says), or None if unreadable."""
+    try:
+        return Path(json.loads((folder / "metrics.json").read_text())["search"]["experiment"]).resolve()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def export(name_or_path: str | os.PathLike, top: int = 5, out: str | os.PathLike | None = None,
            storage: str | os.PathLike | None = None) -> Path:
     """Export the ``top`` trials of an experiment into ``out`` (default ``exports/<name>``).
@@ -101,10 +109,16 @@ def export(name_or_path: str | os.PathLike, top: int = 5, out: str | os.PathLike
         counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()) or "no trials"
         raise UserError(f"experiment {experiment.name!r} has no trial with a finished seed yet ({counts})")
     out_dir = Path(out) if out is not None else Path("exports") / experiment.name
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; give a folder")
+    olds = [d for d in out_dir.iterdir() if d.is_dir() and EXPORT_DIR_RE.match(d.name)] if out_dir.exists() else []
+    for old in olds:  # a previous export of this experiment is replaced; anyone else's is kept
+        if _exported_from(old) != experiment.resolve():
+            raise UserError(f"--out {out_dir} holds {old.name}, not exported from {experiment.name!r}; "
+                            "choose another --out (nothing was removed)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.iterdir():  # a previous export of this experiment: replaced, not mixed in
-        if old.is_dir() and EXPORT_DIR_RE.match(old.name):
-            shutil.rmtree(old)
+    for old in olds:
+        shutil.rmtree(old)
     width = max(2, len(str(len(ranked))))
     exported: dict[str, str] = {}
     for rank, (_, row) in enumerate(ranked.head(top).iterrows(), start=1):

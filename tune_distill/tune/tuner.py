@@ -363,7 +363,8 @@ def _outcome(space: SearchSpace, name: str, exp_dir: Path, resumed: bool, second
     # running ones (status stopped) and ends the experiment for good (Tune keeps its clock).
     unfinished = finished < len(results)
     short = finished < space.num_trials
-    budget_spent = short and not unfinished and space.search.time_budget_s is not None
+    # No trial at all means the driver died before Tune's first snapshot, not that time ran out.
+    budget_spent = short and not unfinished and len(results) > 0 and space.search.time_budget_s is not None
     interrupted = short and not budget_spent
     if not interrupted:
         _close_orphans(exp_dir, name)
