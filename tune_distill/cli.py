@@ -1,7 +1,8 @@
 """The ``tune-distill`` command line. All argument parsing lives here.
 
 Every user mistake surfaces as one line on stderr and exit status 2, with nothing written
-before the input has been validated.
+before the input has been validated; a run that diverges (valid settings, too large an lr) is
+one line and exit status 1.
 """
 
 from __future__ import annotations
