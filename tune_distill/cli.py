@@ -293,7 +293,7 @@ def _add_search_commands(sub: Any) -> None:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="start from a named preset (default: quick; with --config, keys the file lacks take the paper protocol's defaults)")
+                   help="start from a named preset (default: quick; under --config, the paper protocol's defaults)")
     p.add_argument("--config", metavar="FILE", help="a config.yaml (e.g. one a run wrote)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--seed", type=int, help="the run's seed")
@@ -327,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="run a results table's missing cells (a spec in tables/) and print it as markdown")
     p.add_argument("spec", help="table spec, e.g. tables/mnist.yaml")
     p.add_argument("--no-run", action="store_true", help="only render what is on disk")
-    p.add_argument("--rows", metavar="ROW[,ROW]", help="only these rows, comma-separated: slugs (their folder names under results/table-NAME/) or labels without commas")
+    p.add_argument("--rows", metavar="ROW[,ROW]",
+                   help="only these rows, comma-separated: slugs (their folders under results/table-NAME/) or labels without commas")
     p.add_argument("--ipc", type=int, action="append", help="only this IPC (repeatable)")
     p.add_argument("--seed", type=int, action="append", help="only this seed (repeatable)")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"],
