@@ -328,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="table spec, e.g. tables/mnist.yaml")
     p.add_argument("--no-run", action="store_true", help="only render what is on disk")
     p.add_argument("--rows", metavar="ROW[,ROW]",
-                   help="only these rows, comma-separated: slugs (their folders under results/table-NAME/) or labels without commas")
+                   help="only these rows, comma-separated: slugs (their folders under results/table-NAME/) "
+                        "or labels without commas")
     p.add_argument("--ipc", type=int, action="append", help="only this IPC (repeatable)")
     p.add_argument("--seed", type=int, action="append", help="only this seed (repeatable)")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"],
