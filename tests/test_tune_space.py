@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tune_distill import UserError, load_results
-from tune_distill.cli import main
+from tune_distill.cli import _search_overrides, build_parser, main
 from tune_distill.tune import load_space, space_from_dict
 from tune_distill.tune.objective import summarize
 from tune_distill.tune.results import BASE_FILE, SPACE_FILE
@@ -106,6 +106,17 @@ def test_bad_space_file_from_the_cli_exits_2_before_ray(tmp_path, capsys):
     good.write_text(yaml.safe_dump({"params": {"depth": {"choice": [2, 3]}}, "search": {"algorithm": "grid"}}))
     assert main(["search", str(good), "--num-samples", "5"]) == 2
     assert "num_samples" in capsys.readouterr().err
+    assert main(["search", str(good), "--time-budget-s", "0"]) == 2
+    assert "search.time_budget_s" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
+def test_search_flags_land_in_the_space():
+    args = build_parser().parse_args(["search", str(REPO / "search_spaces" / "quick.yaml"), "--time-budget-s", "90",
+                                      "--num-samples", "3", "--cpus-per-trial", "2", "--set", "points=100"])
+    space = load_space(args.space, _search_overrides(args))
+    assert space.search.time_budget_s == 90 and space.num_trials == 3
+    assert space.search.resources.cpus == 2 and space.base_values()["points"] == 100
 
 
 def test_unreachable_address_is_one_line_error_without_waiting(tmp_path, mnist_dir, capsys):

@@ -112,7 +112,7 @@ def _search_overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     flags = {"num_samples": "search.num_samples", "seeds": "search.seeds", "concurrency": "search.concurrency",
              "cpus_per_trial": "search.resources.cpus", "gpus_per_trial": "search.resources.gpus",
-             "preset": "base.preset"}
+             "time_budget_s": "search.time_budget_s", "preset": "base.preset"}
     for attr, key in flags.items():
         if getattr(args, attr) is not None:
             out[key] = getattr(args, attr)
@@ -260,6 +260,8 @@ def _add_search_commands(sub: Any) -> None:
     p.add_argument("--concurrency", type=int, help="trials at once")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (also its torch threads)")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractions share a GPU)")
+    p.add_argument("--time-budget-s", type=float, metavar="SECONDS",
+                   help="end the search after this many seconds; trials still running are stopped")
     p.add_argument("--preset", choices=sorted(PRESETS), help="replace the space's base preset")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="fix a config key in the base (repeatable)")
     p.add_argument("--address", help="join this Ray cluster (auto, or host:port) instead of starting one")
