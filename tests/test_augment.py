@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tune_distill.augment import sample_transform
@@ -34,3 +35,21 @@ def test_jitter_perturbs_free_axes_only():
     out = t(PointBatch(pts, torch.zeros(100, dtype=torch.long), 1)).points
     assert (out[:, 0] == 0).all()
     assert 0.3 < (out[:, 1:] - 10).std() < 0.7
+
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_transform_follows_the_points_device_and_dtype(device, dtype):
+    # The transform is drawn on the CPU in float32, so a seed gives one transform on any device;
+    # it must be applied where the points are (a distillation on a GPU failed here once).
+    g = torch.Generator().manual_seed(5)
+    t = sample_transform((1, 28, 28), rotate=20, scale=0.1, translate=0.1, jitter=0.0, generator=g)
+    pts = torch.tensor([[0.0, 3.0, 4.0], [0.0, 20.0, 9.0]])
+    want = t(PointBatch(pts, torch.zeros(2, dtype=torch.long), 1)).points
+    got = t(PointBatch(pts.to(device, dtype), torch.zeros(2, dtype=torch.long, device=device), 1)).points
+    assert got.device.type == device and got.dtype == dtype
+    assert torch.allclose(got.cpu().float(), want, atol=1e-4)

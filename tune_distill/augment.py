@@ -27,11 +27,13 @@ class PointTransform:
     seed: int
 
     def __call__(self, batch: PointBatch) -> PointBatch:
-        p = (batch.points - self.centre) @ self.matrix.T + self.centre + self.shift
+        # Drawn on the CPU so a seed gives the same transform on any device; applied where the points are.
+        matrix, shift, centre = (t.to(batch.points) for t in (self.matrix, self.shift, self.centre))
+        p = (batch.points - centre) @ matrix.T + centre + shift
         if self.jitter > 0:
             g = torch.Generator(device=p.device).manual_seed(self.seed)
             noise = torch.randn(p.shape, generator=g, device=p.device) * self.jitter
-            p = p + noise * (self.matrix.diagonal() != 0)  # no jitter along pinned axes
+            p = p + noise * (matrix.diagonal() != 0)  # no jitter along pinned axes
         return PointBatch(p, batch.batch, batch.size)
 
 
