@@ -37,7 +37,6 @@ def test_jitter_perturbs_free_axes_only():
     assert 0.3 < (out[:, 1:] - 10).std() < 0.7
 
 
-
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
