@@ -1,4 +1,5 @@
-"""Shared fixtures: the real MNIST files (../shared/data/mnist or $TUNE_DISTILL_DATA), loaded once."""
+"""Shared fixtures: the real MNIST files (../shared/data/mnist or $TUNE_DISTILL_DATA), loaded once,
+and the devices to run device tests on."""
 
 from __future__ import annotations
 
@@ -31,6 +32,12 @@ def mnist(mnist_dir):
     from tune_distill.data import load_dataset
 
     return load_dataset("mnist", mnist_dir)
+
+
+@pytest.fixture(params=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def device(request) -> str:
+    """Each device a test should run on: the CPU always, CUDA where there is one."""
+    return request.param
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from tune_distill.sparse import SparseTensor, ops
 from tune_distill.sparse.backend import SparseBackend
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 GRID = (5, 7, 6)  # odd extents: strided grids round up
 
 
@@ -54,7 +53,6 @@ def padded_even(dense: torch.Tensor, fill: float) -> torch.Tensor:
     return F.pad(dense, pads, value=fill)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("k,stride", [(3, 1), (3, 2), (2, 2), (1, 1)])
 def test_conv_equals_dense_conv3d_at_occupied_cells(device, k, stride):
     x = cloud(120, 3, 4, device=device)
@@ -101,7 +99,6 @@ def test_chunked_conv_matches_one_block(monkeypatch):
             torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_pooling_equals_dense_pooling_over_occupied_cells(device):
     x = cloud(150, 2, 3, device=device)
     occ = occupancy(x)[:, None].expand(-1, 3, -1, -1, -1)
@@ -117,7 +114,6 @@ def test_pooling_equals_dense_pooling_over_occupied_cells(device):
     torch.testing.assert_close(y.feats, at_cells(total / count.clamp(min=1), y))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_instance_norm_and_global_pool_per_cloud(device):
     x = cloud(200, 3, 4, device=device)
     w, b = torch.randn(4, device=device), torch.randn(4, device=device)
@@ -132,7 +128,6 @@ def test_instance_norm_and_global_pool_per_cloud(device):
         torch.testing.assert_close(ops.global_pool(x, "max")[i], f.max(0).values)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_to_dense_places_every_row_at_its_cell(device):
     x = cloud(80, 2, 3, device=device)
     grid = ops.to_dense(x)
