@@ -144,6 +144,28 @@ def test_same_experiment_seed_samples_the_same_configs(ray_cluster, mnist_dir, t
     assert params_of(other, keys) != params_of(first, keys)
 
 
+def test_batch_proposes_each_batch_after_the_last_one_ended(ray_cluster, mnist_dir, tmp_path):
+    # Trials of unequal length (eval_epochs 10..150): without batch, trial #3 is proposed as soon
+    # as the first of #1 and #2 ends, from a study that depends on which one that was.
+    raw = tiny_space({"eval_epochs": {"int": [10, 150]}, "lr": {"loguniform": [0.01, 1.0]}},
+                     num_samples=6, seeds=1, concurrency=2, batch=True, seed=3)
+    del raw["base"]["set"]["eval_epochs"]
+    outcome = search(space_from_dict(raw), name="batched", storage=tmp_path, data_dir=mnist_dir, progress=False)
+    assert outcome.finished == 6 and (outcome.results["status"] == "done").all()
+    trials = optuna.load_study(study_name="batched", storage=f"sqlite:///{tmp_path / 'batched' / 'optuna.db'}").trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 6
+    for t in trials[2:]:
+        earlier = trials[:t.number - t.number % 2]  # every trial of the batches before this one's
+        assert t.datetime_start >= max(e.datetime_complete for e in earlier), t.number
+
+
+def test_batch_needs_optuna_and_a_concurrency():
+    with pytest.raises(UserError, match="search.batch needs search.concurrency"):
+        space_from_dict(tiny_space({"depth": {"choice": [2, 3]}}, concurrency=None, batch=True))
+    with pytest.raises(UserError, match="search.batch: only optuna"):
+        space_from_dict(tiny_space({"depth": {"choice": [2, 3]}}, algorithm="grid", batch=True))
+
+
 def test_errored_trial_is_recorded_and_the_rest_complete(ray_cluster, mnist_dir, tmp_path):
     # device=cuda on a machine without CUDA: run() raises in the trial, an honest failure.
     if __import__("torch").cuda.is_available():

@@ -117,6 +117,9 @@ def test_search_flags_land_in_the_space():
     space = load_space(args.space, _search_overrides(args))
     assert space.search.time_budget_s == 90 and space.num_trials == 3
     assert space.search.resources.cpus == 2 and space.base_values()["points"] == 100
+    assert space.search.batch  # quick.yaml's own, kept when no flag is given
+    unbatched = build_parser().parse_args(["search", str(REPO / "search_spaces" / "quick.yaml"), "--no-batch"])
+    assert not load_space(unbatched.space, _search_overrides(unbatched)).search.batch
 
 
 def test_unreachable_address_is_one_line_error_without_waiting(tmp_path, mnist_dir, capsys):

@@ -111,6 +111,7 @@ def _search_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """CLI flags as dotted overrides of the space file, validated with it."""
     out: dict[str, Any] = {}
     flags = {"num_samples": "search.num_samples", "seeds": "search.seeds", "concurrency": "search.concurrency",
+             "batch": "search.batch",
              "cpus_per_trial": "search.resources.cpus", "gpus_per_trial": "search.resources.gpus",
              "time_budget_s": "search.time_budget_s", "preset": "base.preset"}
     for attr, key in flags.items():
@@ -258,6 +259,9 @@ def _add_search_commands(sub: Any) -> None:
     p.add_argument("--num-samples", type=int, help="number of trials (not for grid search)")
     p.add_argument("--seeds", type=int, help="seeds per trial")
     p.add_argument("--concurrency", type=int, help="trials at once")
+    p.add_argument("--batch", action=argparse.BooleanOptionalAction, default=None,
+                   help="optuna: propose --concurrency trials at a time, each batch after the last one ended, "
+                        "so a rerun proposes the same trials (--no-batch: as soon as a slot is free)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (also its torch threads)")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractions share a GPU)")
     p.add_argument("--time-budget-s", type=float, metavar="SECONDS",

@@ -156,6 +156,8 @@ class Settings(BaseModel):
     asha: Asha = Field(default_factory=Asha)
     resources: Resources = Field(default_factory=Resources)
     concurrency: int | None = Field(None, ge=1, le=10_000, description="max trials at once (None: as resources allow)")
+    batch: bool = Field(False, description="optuna: propose `concurrency` trials at a time, each batch once the last "
+                                           "one has finished, so proposals never depend on which trial ends first")
     time_budget_s: float | None = Field(None, gt=0, description="end the search after this many seconds")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="the experiment seed")
 
@@ -403,6 +405,11 @@ def _check_settings(space: SearchSpace) -> None:
         if s.num_samples not in (None, 1):
             raise UserError(f"search.num_samples: a grid runs each of its {space.num_trials} cells once; "
                             "remove num_samples (or use algorithm random/optuna)")
+    if s.batch and s.algorithm != "optuna":
+        raise UserError(f"search.batch: only optuna's proposals depend on finished trials; algorithm {s.algorithm} "
+                        "needs no batch (remove batch: true or --batch)")
+    if s.batch and s.concurrency is None:
+        raise UserError("search.batch needs search.concurrency, the number of trials in a batch")
     if not space.params and s.algorithm != "grid":
         raise UserError(f"params: algorithm {s.algorithm} needs at least one hyperparameter to search")
     if s.seed + s.seeds - 1 > MAX_SEED:

@@ -6,7 +6,8 @@ PENDING forever), and runs Ray Tune:
 
 - searcher: ``OptunaSearch`` (seeded TPE, study in ``<experiment>/optuna.db``, which
   ``optuna-dashboard sqlite:///results/<name>/optuna.db`` opens; ``searcher`` makes it safe to
-  resume after a kill), Tune's seeded random search, or a grid;
+  resume after a kill; with ``batch``, proposed a batch at a time, so a rerun proposes the same
+  trials), Tune's seeded random search, or a grid;
 - scheduler: FIFO, or ASHA with seeds as its time unit;
 - ``max_concurrent_trials``, resources per trial, ``reuse_actors=True``, the dataset passed once
   with ``tune.with_parameters``, one checkpoint kept per trial.
@@ -124,6 +125,12 @@ def _searcher(space: SearchSpace, name: str, exp_dir: Path) -> tuple[Any, dict[s
         storage = optuna.storages.RDBStorage(study_url(exp_dir))
         searcher = ResumableOptunaSearch(space=_optuna_distributions(space), metric="objective", mode=s.mode,
                                          sampler=sampler, storage=storage, study_name=name)
+        if s.batch:
+            # TPE is told of a batch's trials only when all have ended, and asked for the next
+            # batch only then: what it proposes no longer depends on which trial ends first.
+            from ray.tune.search import ConcurrencyLimiter
+
+            searcher = ConcurrencyLimiter(searcher, max_concurrent=s.concurrency, batch=True)
         return searcher, {}
     # Tune ignores TuneConfig.max_concurrent_trials for a generator passed in: give it here.
     limit = s.concurrency or 0
@@ -164,8 +171,9 @@ def _new_tuner(space: SearchSpace, name: str, exp_dir: Path, trainable: Any, cal
     tune_config = tune.TuneConfig(
         metric="objective", mode=s.mode, search_alg=search_alg, scheduler=_scheduler(space),
         num_samples=1 if s.algorithm == "grid" else space.num_trials,
-        # Optuna's searcher is wrapped in a ConcurrencyLimiter by Tune; the generators limit themselves.
-        max_concurrent_trials=s.concurrency if s.algorithm == "optuna" else None,
+        # Tune wraps Optuna's searcher in a ConcurrencyLimiter (batch mode wraps its own); the
+        # generators limit themselves.
+        max_concurrent_trials=s.concurrency if s.algorithm == "optuna" and not s.batch else None,
         time_budget_s=s.time_budget_s, reuse_actors=True,
         trial_dirname_creator=trial_dirname,
     )
@@ -376,6 +384,7 @@ def _announce(space: SearchSpace, name: str, exp_dir: Path, restoring: bool) -> 
     algo = {"optuna": f"optuna TPE (seed {s.seed})", "random": f"random (seed {s.seed})", "grid": "grid"}[s.algorithm]
     objective = s.objective if s.objective != "robust" else f"robust (acc_mean - {s.robust_k:g} * acc_std)"
     conc = f"{s.concurrency} at a time" if s.concurrency else "as many at a time as resources allow"
+    conc += " (proposed in batches)" if s.batch else ""
     gpu = f", {s.resources.gpus:g} GPU" if s.resources.gpus else ""
     print(f"{'resuming' if restoring else 'search'} {name}: {space.num_trials} trials x {s.seeds} seeds "
           f"{space.seeds}, {algo}, {s.scheduler}, objective {objective}, {conc}, "
