@@ -281,8 +281,11 @@ def test_sigint_then_resume_finishes_the_grid(ray_cluster, mnist_dir, tmp_path):
     assert len(pids) <= 2, pids
 
 
-def test_sigkill_of_the_driver_then_rerun_finishes_the_search(ray_cluster, mnist_dir, tmp_path):
-    raw = tiny_space({"depth": {"choice": [1, 2, 3]}, "lr": {"loguniform": [0.02, 0.5]}}, num_samples=5, seed=3)
+@pytest.mark.parametrize("batch", [False, True], ids=["unbatched", "batched"])
+def test_sigkill_of_the_driver_then_rerun_finishes_the_search(ray_cluster, mnist_dir, tmp_path, batch):
+    # Batched, the restored searcher also holds the batch's ended trials it has not yet told TPE.
+    raw = tiny_space({"depth": {"choice": [1, 2, 3]}, "lr": {"loguniform": [0.02, 0.5]}}, num_samples=5, seed=3,
+                     batch=batch)
     space_file = tmp_path / "tpe.yaml"
     space_file.write_text(yaml.safe_dump(raw))
     proc = _driver(space_file, "killed", tmp_path, ray_cluster, mnist_dir)
