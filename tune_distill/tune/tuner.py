@@ -9,8 +9,8 @@ PENDING forever), and runs Ray Tune:
   resume after a kill; with ``batch``, proposed a batch at a time, so a rerun proposes the same
   trials), Tune's seeded random search, or a grid;
 - scheduler: FIFO, or ASHA with seeds as its time unit;
-- ``max_concurrent_trials``, resources per trial, ``reuse_actors=True``, the dataset passed once
-  with ``tune.with_parameters``, one checkpoint kept per trial.
+- at most ``concurrency`` trials at once, resources per trial, ``reuse_actors=True``, the
+  dataset passed once with ``tune.with_parameters``, one checkpoint kept per trial.
 
 An experiment lives in ``<storage>/<name>/``. Running the same name again (or ``resume=True``)
 restores it with ``Tuner.restore(..., resume_unfinished=True)``: finished trials are kept,
@@ -109,7 +109,7 @@ def study_url(exp_dir: Path) -> str:
 
 
 def _searcher(space: SearchSpace, name: str, exp_dir: Path) -> tuple[Any, dict[str, Any]]:
-    """(search algorithm, Tune param_space)."""
+    """(search algorithm, Tune param_space), each limited here to ``concurrency`` trials at once."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     s = space.search
@@ -125,14 +125,13 @@ def _searcher(space: SearchSpace, name: str, exp_dir: Path) -> tuple[Any, dict[s
         storage = optuna.storages.RDBStorage(study_url(exp_dir))
         searcher = ResumableOptunaSearch(space=_optuna_distributions(space), metric="objective", mode=s.mode,
                                          sampler=sampler, storage=storage, study_name=name)
-        if s.batch:
-            # TPE is told of a batch's trials only when all have ended, and asked for the next
-            # batch only then: what it proposes no longer depends on which trial ends first.
+        if s.concurrency:
+            # With batch, TPE is told of a batch's trials only when all have ended, and asked for
+            # the next batch only then: what it proposes no longer depends on which ends first.
             from ray.tune.search import ConcurrencyLimiter
 
-            searcher = ConcurrencyLimiter(searcher, max_concurrent=s.concurrency, batch=True)
+            searcher = ConcurrencyLimiter(searcher, max_concurrent=s.concurrency, batch=s.batch)
         return searcher, {}
-    # Tune ignores TuneConfig.max_concurrent_trials for a generator passed in: give it here.
     limit = s.concurrency or 0
     if s.algorithm == "random":
         return BasicVariantGenerator(max_concurrent=limit, random_state=space.searcher_seed), _tune_domains(space)
@@ -171,9 +170,7 @@ def _new_tuner(space: SearchSpace, name: str, exp_dir: Path, trainable: Any, cal
     tune_config = tune.TuneConfig(
         metric="objective", mode=s.mode, search_alg=search_alg, scheduler=_scheduler(space),
         num_samples=1 if s.algorithm == "grid" else space.num_trials,
-        # Tune wraps Optuna's searcher in a ConcurrencyLimiter (batch mode wraps its own); the
-        # generators limit themselves.
-        max_concurrent_trials=s.concurrency if s.algorithm == "optuna" and not s.batch else None,
+        max_concurrent_trials=None,  # _searcher limits every search algorithm itself
         time_budget_s=s.time_budget_s, reuse_actors=True,
         trial_dirname_creator=trial_dirname,
     )
