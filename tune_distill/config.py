@@ -203,16 +203,25 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def read_yaml(path: str | Path, what: str, example: str, missing_hint: str = "") -> Any:
+    """The YAML document in ``path``, or a one-line ``UserError`` that calls the file ``what``.
+
+    ``example`` names a good file for when the path is unreadable (a folder, a binary file);
+    ``missing_hint`` is appended when it does not exist.
+    """
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} not found{missing_hint}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{what} {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, a binary file
+        raise UserError(f"cannot read {what} {path} ({exc.__class__.__name__}); give {example}") from None
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML config file (as written to ``config.yaml`` by a run)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"config file {path} not found") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, a binary file
-        raise UserError(f"cannot read config file {path} ({exc.__class__.__name__}); give a config.yaml") from None
+    data = read_yaml(path, "config file", "a config.yaml")
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of config keys")
     return data

@@ -31,10 +31,9 @@ import math
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import PRESETS, Config, make_config
+from ..config import PRESETS, Config, make_config, read_yaml
 from ..errors import UserError
 
 MAX_SEED = 2**31 - 1  # Config.seed's upper bound
@@ -216,17 +215,9 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Sea
     Raises ``UserError`` with one line that names the file, the key and what is allowed.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        shipped = sorted(p.name for p in Path("search_spaces").glob("*.yaml")) if Path("search_spaces").is_dir() else []
-        hint = f"; shipped spaces: {', '.join('search_spaces/' + s for s in shipped)}" if shipped else ""
-        raise UserError(f"search space {path} not found{hint}") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"search space {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, a binary file
-        raise UserError(f"cannot read search space {path} ({exc.__class__.__name__}); give a YAML file "
-                        "such as search_spaces/quick.yaml") from None
+    shipped = sorted(p.name for p in Path("search_spaces").glob("*.yaml")) if Path("search_spaces").is_dir() else []
+    hint = f"; shipped spaces: {', '.join('search_spaces/' + s for s in shipped)}" if shipped else ""
+    raw = read_yaml(path, "search space", "a YAML file such as search_spaces/quick.yaml", hint)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
