@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -203,16 +203,16 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def read_yaml(path: str | Path, what: str, example: str, missing_hint: str = "") -> Any:
+def read_yaml(path: str | Path, what: str, example: str, missing_hint: Callable[[], str] | None = None) -> Any:
     """The YAML document in ``path``, or a one-line ``UserError`` that calls the file ``what``.
 
     ``example`` names a good file for when the path is unreadable (a folder, a binary file);
-    ``missing_hint`` is appended when it does not exist.
+    ``missing_hint()``, asked only when the file does not exist, is appended to that error.
     """
     try:
         return yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
-        raise UserError(f"{what} {path} not found{missing_hint}") from None
+        raise UserError(f"{what} {path} not found{missing_hint() if missing_hint else ''}") from None
     except yaml.YAMLError as exc:
         raise UserError(f"{what} {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
     except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, a binary file

@@ -207,6 +207,12 @@ class SearchSpace(BaseModel):
 
 
 # Loading and validation ---------------------------------------------------------------------
+def _shipped_spaces() -> str:
+    """The spaces in ./search_spaces, as a hint for a space file that does not exist."""
+    shipped = sorted(p.name for p in Path("search_spaces").glob("*.yaml")) if Path("search_spaces").is_dir() else []
+    return f"; shipped spaces: {', '.join('search_spaces/' + s for s in shipped)}" if shipped else ""
+
+
 def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchSpace:
     """Read and validate a search space YAML file.
 
@@ -215,9 +221,7 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Sea
     Raises ``UserError`` with one line that names the file, the key and what is allowed.
     """
     path = Path(path)
-    shipped = sorted(p.name for p in Path("search_spaces").glob("*.yaml")) if Path("search_spaces").is_dir() else []
-    hint = f"; shipped spaces: {', '.join('search_spaces/' + s for s in shipped)}" if shipped else ""
-    raw = read_yaml(path, "search space", "a YAML file such as search_spaces/quick.yaml", hint)
+    raw = read_yaml(path, "search space", "a YAML file such as search_spaces/quick.yaml", _shipped_spaces)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
