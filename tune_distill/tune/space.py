@@ -209,8 +209,8 @@ class SearchSpace(BaseModel):
 # Loading and validation ---------------------------------------------------------------------
 def _shipped_spaces() -> str:
     """The spaces in ./search_spaces, as a hint for a space file that does not exist."""
-    shipped = sorted(p.name for p in Path("search_spaces").glob("*.yaml"))  # [] where there is no such folder
-    return f"; shipped spaces: {', '.join('search_spaces/' + s for s in shipped)}" if shipped else ""
+    shipped = sorted(str(p) for p in Path("search_spaces").glob("*.yaml"))  # [] where there is no such folder
+    return f"; shipped spaces: {', '.join(shipped)}" if shipped else ""
 
 
 def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchSpace:
