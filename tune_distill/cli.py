@@ -77,7 +77,7 @@ def _run_and_save(cfg: Config, args: argparse.Namespace, stem: str) -> int:
 
     out = _fresh_out_dir(args.out, stem)
     data = load_dataset(cfg.dataset, args.data_dir, threshold=cfg.threshold)  # before any output
-    report, close = _progress(cfg.iterations)
+    report, close = _progress(cfg.total_iterations)
     try:
         result = run(cfg, report=report, data=data)
     finally:

@@ -77,6 +77,19 @@ class Config(BaseModel):
     aug_translate: float = Field(0.1, ge=0, lt=1, description="max shift as a fraction of the grid")
     aug_jitter: float = Field(0.0, ge=0, le=5, description="per-point noise std (cells)")
 
+    # Trajectory matching, after the objective above (tune_distill/trajectory.py) ---------------
+    tm_iterations: int = Field(0, ge=0, le=1_000_000, description="then refine by trajectory matching for N iterations (0: off)")
+    tm_experts: int = Field(4, ge=1, le=100, description="expert networks trained on real data (cached on disk)")
+    tm_expert_steps: int = Field(800, ge=1, le=1_000_000, description="SGD steps per expert")
+    tm_expert_every: int = Field(50, ge=1, description="expert steps between saved checkpoints")
+    tm_expert_lr: float = Field(0.03, gt=0, le=10, description="the experts' SGD step size")
+    tm_syn_steps: int = Field(10, ge=1, le=1000, description="student steps on the synthetic set per iteration")
+    tm_span: int = Field(2, ge=1, description="checkpoints ahead the student must reach")
+    tm_max_start: int = Field(8, ge=0, description="latest checkpoint a student starts from")
+    tm_lr: float = Field(0.01, gt=0, le=100, description="Adam step size on the coordinates (cells)")
+    tm_syn_lr: float = Field(0.03, gt=0, le=10, description="the student's initial step size (learnt)")
+    tm_lr_lr: float = Field(0.01, ge=0, le=10, description="Adam step size on the log of the student's step size")
+
     # Optimisation of the synthetic set --------------------------------------------------------
     optimizer: Literal["sgd", "adam"] = "sgd"
     # A point's gradient shrinks with ipc (each cloud is one of ipc in its class's loss; for
@@ -115,7 +128,18 @@ class Config(BaseModel):
             raise ValueError("backend=minkowski runs the sparse family only (set family=sparse)")
         if self.backend == "minkowski" and self.second_order == "full":
             raise ValueError("backend=minkowski has no double backward: set second_order=truncated, or backend=torch")
+        checkpoints = self.tm_expert_steps // self.tm_expert_every
+        if self.tm_iterations and self.tm_max_start + self.tm_span > checkpoints:
+            raise ValueError(f"tm_max_start + tm_span must be at most tm_expert_steps // tm_expert_every = {checkpoints} "
+                             f"(the experts' last checkpoint); lower them or train experts longer")
+        if self.tm_iterations and self.encoding != "splat":
+            raise ValueError("trajectory matching trains on the splatted image: set encoding=splat, or tm_iterations=0")
         return self
+
+    @property
+    def total_iterations(self) -> int:
+        """Iterations of the objective plus those of trajectory matching: a run's iteration count."""
+        return self.iterations + self.tm_iterations
 
     def replace(self, **changes: Any) -> "Config":
         """A new validated config with ``changes`` applied."""

@@ -38,6 +38,18 @@ def encoding_of(cfg: Config) -> Encoding:
     return Encoding(cfg.encoding, cfg.splat_kernel, cfg.splat_sigma, cfg.splat_combine, cfg.straight_through)
 
 
+def snap_points(cfg: Config, syn: torch.Tensor, grid_shape: tuple[int, ...]) -> None:
+    """Move every point of ``syn`` onto distinct top cells of its cloud's soft splat (see ``snap``).
+
+    The splat is the config's (kernel, sigma, combine) whatever encoding the matching uses:
+    snapping is about the evaluator's binary render, not the network's input.
+    """
+    soft = Encoding("splat", cfg.splat_kernel, cfg.splat_sigma, cfg.splat_combine)
+    with torch.no_grad():
+        occupancy = soft(PointBatch.from_padded(syn), grid_shape, sparse=False)[:, 0]
+        syn.copy_(snap(syn, occupancy))
+
+
 class _Networks:
     """The distillation network policy: fixed, resampled every iteration, or periodically pretrained."""
 
@@ -84,18 +96,6 @@ def distill(
     def encode(batch: PointBatch):
         return enc(batch, grid_shape, sparse)
 
-    def snap_points() -> None:
-        """Move every point onto distinct top cells of its cloud's soft splat (see ``snap``).
-
-        The splat is the config's (kernel, sigma, combine) whatever encoding the matching uses:
-        snapping is about the evaluator's binary render, not the network's input.
-        """
-        soft = Encoding("splat", cfg.splat_kernel, cfg.splat_sigma, cfg.splat_combine)
-        with torch.no_grad():
-            occupancy = soft(PointBatch.from_padded(syn), grid_shape, sparse=False)[:, 0]
-            syn.copy_(snap(syn, occupancy))
-        opt.state.clear()  # momentum belonged to the points' old places
-
     def real_batch(c: int, n: int) -> PointBatch:
         members = by_class[c]
         pick = members[torch.randperm(len(members), generator=real_gen)[:n].to(device)]
@@ -129,7 +129,8 @@ def distill(
             evaluate_at(it, syn.detach())
         project(syn, grid_shape)
         if cfg.snap_every and it > 0 and it % cfg.snap_every == 0:
-            snap_points()
+            snap_points(cfg, syn, grid_shape)
+            opt.state.clear()  # momentum belonged to the points' old places
         net = networks.at(it)
         for outer in range(cfg.outer_loop):
             loss = syn.new_zeros(())
@@ -184,7 +185,7 @@ def distill(
                 report(dict(row))
     project(syn, grid_shape)
     if cfg.snap_final and cfg.iterations > 0:  # a baseline (no iterations) stays the real clouds it picked
-        snap_points()
+        snap_points(cfg, syn, grid_shape)
     syn.requires_grad_(False)
     return history
 

@@ -20,6 +20,7 @@ from .data.base import Clouds, PointBatch
 from .distill import Report, distill, stream
 from .evaluate import EvalSettings, evaluate_images, render
 from .synthetic import init_synthetic
+from .trajectory import match_trajectories
 
 VAL_SPLIT_SEED = 20240531  # fixed, so every run and trial holds out the same digits
 
@@ -145,6 +146,8 @@ def run(config: Config, report: Report | None = None, data: Dataset | None = Non
             report(dict(row))
 
     history = distill(cfg, train, data.num_classes, data.grid_shape, syn, device, report, evaluate_at)
+    if cfg.tm_iterations:
+        history += match_trajectories(cfg, train, data.num_classes, data.grid_shape, syn, labels, device, report)
     distill_seconds = time.perf_counter() - started - eval_time
     t = time.perf_counter()
     scores = evaluate_points(cfg, syn, labels, data, eval_sets, device)

@@ -185,10 +185,10 @@ def run_table(spec: TableSpec, root: Path, load_data: Callable[[], Any], rows: l
                     continue
                 data = data if data is not None else load_data()
                 cfg = spec.config(row, ipc, seed)
-                distills = f"{cfg.iterations} iterations, then " if cfg.iterations else ""
+                distills = f"{cfg.total_iterations} iterations, then " if cfg.total_iterations else ""
                 log(f"{row.label} | ipc {ipc} | seed {seed}: running {distills}"
                     f"{cfg.eval_models} ConvNets x {cfg.eval_epochs} epochs")
-                report, close = progress(cfg.iterations) if progress and cfg.iterations else (None, lambda: None)
+                report, close = progress(cfg.total_iterations) if progress and cfg.total_iterations else (None, lambda: None)
                 try:
                     result = run(cfg.replace(device=device) if device else cfg, report=report, data=data)
                 finally:

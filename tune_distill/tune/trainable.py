@@ -141,7 +141,7 @@ def train_trial(params: dict[str, Any], data: Dataset, plan: TrialPlan) -> None:
                 # run() reports distillation rows (loss) and intermediate evaluations (acc_mean);
                 # only evaluations carry the objective that Tune's searcher and scheduler need.
                 if "acc_mean" in row and "loss" not in row:
-                    frac = row["iteration"] / max(1, seed_config.iterations)
+                    frac = row["iteration"] / max(1, seed_config.total_iterations)
                     tune.report(trial_metrics(plan, finished, len(finished) + frac, partial=row["acc_mean"]))
 
             result = run(seed_config, report=report, data=data)

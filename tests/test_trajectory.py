@@ -1,0 +1,68 @@
+"""Trajectory matching on real MNIST: the expert cache, the refinement after distillation, its config checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tune_distill import make_config, run
+from tune_distill.errors import UserError
+from tune_distill.trajectory import train_experts
+
+# Two experts of 20 steps (checkpoints at 0, 10, 20) on a narrow network: seconds, not minutes.
+TM = dict(iterations=2, batch_real=16, points=120, width=8, tm_iterations=3, tm_experts=2, tm_expert_steps=20,
+          tm_expert_every=10, tm_span=1, tm_max_start=1, eval_models=1, eval_epochs=20, eval_width=32,
+          eval_test_size=300, log_every=1)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A fresh expert cache for the test, so no test reads experts another one trained."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    return tmp_path / "tune_distill" / "experts"
+
+
+def test_experts_are_trained_once_and_shared_by_every_seed(mnist, cache):
+    cfg = make_config(TM, preset="quick")
+    first = train_experts(cfg, mnist.train, mnist.grid_shape, mnist.num_classes)
+    [path] = list(cache.glob("*.pt"))
+    assert len(first) == 2 and all(len(t) == 3 for t in first)  # checkpoints at steps 0, 10 and 20
+    assert not torch.equal(first[0][0][0], first[0][-1][0])  # the expert trained
+    assert not torch.equal(first[0][0][0], first[1][0][0])  # experts start from different networks
+    written = path.stat().st_mtime_ns
+    again = train_experts(cfg.replace(seed=7), mnist.train, mnist.grid_shape, mnist.num_classes)
+    assert path.stat().st_mtime_ns == written  # read from the cache, not trained again
+    assert all(torch.equal(a, b) for ta, tb in zip(first, again) for ca, cb in zip(ta, tb) for a, b in zip(ca, cb))
+    train_experts(cfg.replace(tm_expert_lr=0.05), mnist.train, mnist.grid_shape, mnist.num_classes)
+    assert len(list(cache.glob("*.pt"))) == 2  # other expert settings, other experts
+
+
+def test_refinement_continues_the_run_and_is_deterministic(mnist, cache):
+    cfg = make_config(TM, preset="quick")
+    a, b = run(cfg, data=mnist), run(cfg, data=mnist)
+    assert np.array_equal(a.points, b.points) and a.accuracies == b.accuracies
+    assert [r["iteration"] for r in a.history] == [0, 1, 2, 3, 4]
+    refined = a.history[2:]
+    assert all("tm_syn_lr" in r and r["grad_abs"] > 0 and r["delta_abs"] > 0 for r in refined)
+    without = run(cfg.replace(tm_iterations=0), data=mnist)
+    assert not np.array_equal(a.points, without.points)
+
+
+def test_the_trajectory_loss_falls_on_a_fixed_segment(mnist, cache):
+    # One expert, one start (checkpoint 0 -> 1) and no augmentation: every iteration matches the
+    # same segment, so the points and the learnt step size should bring the student closer.
+    cfg = make_config(dict(TM, iterations=0, init="herding", tm_iterations=8, tm_experts=1, tm_max_start=0,
+                           tm_lr=0.05, augment=False), preset="quick")
+    losses = [r["loss"] for r in run(cfg, data=mnist).history]
+    assert losses[-1] < 0.9 * losses[0]
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(tm_max_start=2), r"tm_max_start \+ tm_span must be at most"),
+    (dict(encoding="features"), "set encoding=splat"),
+])
+def test_inconsistent_trajectory_settings_are_one_line_errors(change, words):
+    with pytest.raises(UserError, match=words):
+        make_config(dict(TM, **change), preset="quick")
+    make_config(dict(TM, **change, tm_iterations=0), preset="quick")  # off: nothing to check

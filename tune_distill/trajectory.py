@@ -1,0 +1,155 @@
+"""Trajectory matching (MTT): refine synthetic points so that training on them retraces training on real data.
+
+Experts are ConvNets (the evaluator's architecture at the distillation network's width and depth)
+trained by plain SGD on the real training clouds with the evaluator's augmentation; their
+parameters every ``tm_expert_every`` steps form a trajectory. Each iteration picks an expert and a
+start checkpoint t, trains a copy from there for ``tm_syn_steps`` steps on the synthetic images,
+differentiably and with a learnt step size, and moves the points to shrink
+||theta_student - theta_{t+span}||^2 / ||theta_t - theta_{t+span}||^2.
+
+It runs after the main objective (``tm_iterations`` > 0), from the points that objective left.
+Distribution matching matches what real and synthetic digits look like to a network; this asks
+what a network learns from them, which is what the evaluator measures.
+
+Experts depend on the real data and their own settings, never on the run's seed, so they are
+trained once and cached on disk (as MTT's expert buffer); every seed and trial shares them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from .config import Config
+from .data.base import Clouds, PointBatch
+from .distill import Report, encoding_of, snap_points, stream
+from .evaluate import dc_augment, render
+from .nets import ConvNet
+from .synthetic import project
+
+Trajectory = list[list[torch.Tensor]]  # checkpoints, each the network's parameters in order
+
+
+def expert_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/tune_distill/experts`` (``~/.cache`` without it), beside the MNIST cache."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tune_distill" / "experts"
+
+
+def _expert_key(cfg: Config, clouds: Clouds) -> str:
+    """What the experts depend on: the real clouds they train on and their own settings."""
+    keys = ("dataset", "threshold", "real_cap", "val_size", "width", "depth", "eval_batch",
+            "tm_experts", "tm_expert_steps", "tm_expert_every", "tm_expert_lr")
+    spec = {k: getattr(cfg, k) for k in keys} | {"clouds": len(clouds), "points": int(clouds.counts.sum())}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _images(clouds: Clouds, cap: int | None, grid_shape: tuple[int, ...], chunk: int = 5000) -> torch.Tensor:
+    return torch.cat([render(clouds.batch(torch.arange(i, min(i + chunk, len(clouds))), cap), grid_shape)
+                      for i in range(0, len(clouds), chunk)])
+
+
+def train_experts(cfg: Config, clouds: Clouds, grid_shape: tuple[int, ...], num_classes: int) -> list[Trajectory]:
+    """``tm_experts`` trajectories on the real clouds, from the disk cache when it has them.
+
+    Trained on the CPU: the cache is shared by every device, and CPU runs are reproducible.
+    """
+    path = expert_cache_dir() / f"{_expert_key(cfg, clouds)}.pt"
+    if path.exists():
+        return torch.load(path)
+    images, labels = _images(clouds.to("cpu"), cfg.real_cap, grid_shape), clouds.labels.cpu()
+    experts = []
+    for e in range(cfg.tm_experts):
+        seed = stream(0, f"expert/{e}")  # not the run's seed: experts are shared by all runs
+        gen = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = ConvNet(images.shape[1], num_classes, images.shape[-1], cfg.width, cfg.depth)
+        opt = torch.optim.SGD(net.parameters(), lr=cfg.tm_expert_lr)
+        trajectory = [[p.detach().clone() for p in net.parameters()]]
+        for step in range(1, cfg.tm_expert_steps + 1):
+            idx = torch.randint(len(images), (cfg.eval_batch,), generator=gen)
+            loss = F.cross_entropy(net(dc_augment(images[idx], gen)), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step % cfg.tm_expert_every == 0:
+                trajectory.append([p.detach().clone() for p in net.parameters()])
+        experts.append(trajectory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")  # trials racing to fill the cache each write whole files
+    torch.save(experts, partial)
+    partial.replace(path)
+    return experts
+
+
+def match_trajectories(cfg: Config, clouds: Clouds, num_classes: int, grid_shape: tuple[int, ...],
+                       syn: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                       report: Report | None = None) -> list[dict]:
+    """Refine ``syn`` (num_classes * ipc, P, D) in place for ``tm_iterations``; return the history.
+
+    History rows continue ``distill``'s iteration count and carry the student's learnt step size.
+    """
+    experts = [[[p.to(device) for p in ckpt] for ckpt in t] for t in train_experts(cfg, clouds, grid_shape, num_classes)]
+    enc = encoding_of(cfg)
+    free = [g for g in grid_shape if g > 1]
+    with torch.random.fork_rng(devices=[]):
+        net = ConvNet(1, num_classes, free[-1], cfg.width, cfg.depth).to(device)  # parameters come from experts
+    names = [name for name, _ in net.named_parameters()]
+    gen = torch.Generator().manual_seed(stream(cfg.seed, "trajectory"))
+    labels = labels.to(device)
+    log_lr = torch.tensor(math.log(cfg.tm_syn_lr), device=device, requires_grad=True)
+    syn.requires_grad_(True)
+    opt = torch.optim.Adam([syn], lr=cfg.tm_lr)
+    opt_lr = torch.optim.Adam([log_lr], lr=cfg.tm_lr_lr)
+    history: list[dict] = []
+    started = last_log = time.perf_counter()
+    for it in range(cfg.tm_iterations):
+        trajectory = experts[int(torch.randint(len(experts), (1,), generator=gen))]
+        t = int(torch.randint(cfg.tm_max_start + 1, (1,), generator=gen))
+        start, target = trajectory[t], trajectory[t + cfg.tm_span]
+        params = [p.clone().requires_grad_(True) for p in start]
+        for _ in range(cfg.tm_syn_steps):
+            x = enc(PointBatch.from_padded(syn), grid_shape, False).reshape(len(syn), 1, *free)
+            if cfg.augment:
+                x = dc_augment(x, gen)
+            out = functional_call(net, dict(zip(names, params)), (x,))
+            grads = torch.autograd.grad(F.cross_entropy(out, labels), params, create_graph=True)
+            params = [p - log_lr.exp() * g for p, g in zip(params, grads)]
+        covered = sum(((p - q) ** 2).sum() for p, q in zip(params, target))
+        expert_span = sum(((p - q) ** 2).sum() for p, q in zip(start, target))
+        loss = covered / expert_span
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"trajectory loss is {loss.item()} at iteration {it}; lower tm_syn_lr or tm_lr")
+        before = syn.detach().clone()
+        opt.zero_grad()
+        opt_lr.zero_grad()
+        loss.backward()
+        grad_abs = syn.grad.abs().mean().item()
+        opt.step()
+        opt_lr.step()
+        with torch.no_grad():
+            project(syn, grid_shape)
+        if it % cfg.log_every == 0 or it == cfg.tm_iterations - 1:
+            now = time.perf_counter()
+            steps = it + 1 - (history[-1]["iteration"] - cfg.iterations + 1 if history else 0)
+            row = {"iteration": cfg.iterations + it, "loss": loss.item(), "grad_abs": grad_abs,
+                   "delta_abs": (syn.detach() - before).abs().mean().item(),
+                   "sec_per_iter": (now - last_log) / max(1, steps), "elapsed": now - started,
+                   "tm_syn_lr": log_lr.exp().item()}
+            last_log = now
+            history.append(row)
+            if report is not None:
+                report(dict(row))
+    if cfg.snap_final:
+        snap_points(cfg, syn, grid_shape)
+    syn.requires_grad_(False)
+    return history
