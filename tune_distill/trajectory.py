@@ -30,6 +30,7 @@ from torch.func import functional_call
 
 from .config import Config
 from .data.base import Clouds, PointBatch
+from .data.mnist import default_cache_dir
 from .distill import Report, encoding_of, snap_points, stream
 from .evaluate import dc_augment, render
 from .nets import ConvNet
@@ -40,8 +41,7 @@ Trajectory = list[list[torch.Tensor]]  # checkpoints, each the network's paramet
 
 def expert_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/tune_distill/experts`` (``~/.cache`` without it), beside the MNIST cache."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tune_distill" / "experts"
+    return default_cache_dir().parent / "experts"
 
 
 def _expert_key(cfg: Config, clouds: Clouds) -> str:
