@@ -34,6 +34,34 @@ def stream(seed: int, name: str) -> int:
     return int(words[0]) << 31 | int(words[1]) >> 1
 
 
+class IterationLog:
+    """The history rows of one optimisation loop: every ``every`` iterations and the last one.
+
+    Each row carries the loop's values, the seconds per iteration since the previous row and
+    since the start; ``first`` numbers the rows on from an earlier loop (trajectory matching
+    continues the distillation's count). Rows also go to ``report`` (the CLI's progress bar, a
+    Tune trial) as they come.
+    """
+
+    def __init__(self, every: int, iterations: int, report: Report | None, first: int = 0) -> None:
+        self.every, self.final, self.report, self.first = every, iterations - 1, report, first
+        self.rows: list[dict] = []
+        self.started = self.last = time.perf_counter()
+        self.last_it = -1
+
+    def due(self, it: int) -> bool:
+        return it % self.every == 0 or it == self.final
+
+    def add(self, it: int, **values: float) -> None:
+        now = time.perf_counter()
+        row = {"iteration": self.first + it, **values,
+               "sec_per_iter": (now - self.last) / max(1, it - self.last_it), "elapsed": now - self.started}
+        self.last, self.last_it = now, it
+        self.rows.append(row)
+        if self.report is not None:
+            self.report(dict(row))
+
+
 def encoding_of(cfg: Config) -> Encoding:
     return Encoding(cfg.encoding, cfg.splat_kernel, cfg.splat_sigma, cfg.splat_combine, cfg.straight_through)
 
@@ -122,8 +150,7 @@ def distill(
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.iterations))
                 if cfg.lr_schedule == "cosine" else None)
     ipc = cfg.ipc
-    history: list[dict] = []
-    started = last_log = time.perf_counter()
+    log = IterationLog(cfg.log_every, cfg.iterations, report)
     for it in range(cfg.iterations):
         if evaluate_at is not None and it in cfg.eval_at:
             evaluate_at(it, syn.detach())
@@ -174,20 +201,13 @@ def distill(
             _train_on_synthetic(net, encode, syn.detach(), num_classes, ipc, cfg.inner_loop, cfg.lr_net, device)
         if schedule is not None:
             schedule.step()
-        if it % cfg.log_every == 0 or it == cfg.iterations - 1:
-            now = time.perf_counter()
-            steps = it + 1 - (history[-1]["iteration"] + 1 if history else 0)
-            row = {"iteration": it, "loss": loss.item(), "grad_abs": grad_abs, "delta_abs": delta_abs,
-                   "sec_per_iter": (now - last_log) / max(1, steps), "elapsed": now - started}
-            last_log = now
-            history.append(row)
-            if report is not None:
-                report(dict(row))
+        if log.due(it):
+            log.add(it, loss=loss.item(), grad_abs=grad_abs, delta_abs=delta_abs)
     project(syn, grid_shape)
     if cfg.snap_final and cfg.iterations > 0:  # a baseline (no iterations) stays the real clouds it picked
         snap_points(cfg, syn, grid_shape)
     syn.requires_grad_(False)
-    return history
+    return log.rows
 
 
 def _any_inside(batch: PointBatch, grid_shape: tuple[int, ...]) -> bool:

@@ -21,7 +21,6 @@ import hashlib
 import json
 import math
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ from torch.func import functional_call
 from .config import Config
 from .data.base import Clouds, PointBatch
 from .data.mnist import default_cache_dir
-from .distill import Report, encoding_of, snap_points, stream
+from .distill import IterationLog, Report, encoding_of, snap_points, stream
 from .evaluate import dc_augment, render
 from .nets import ConvNet
 from .synthetic import project
@@ -110,8 +109,7 @@ def match_trajectories(cfg: Config, clouds: Clouds, num_classes: int, grid_shape
     syn.requires_grad_(True)
     opt = torch.optim.Adam([syn], lr=cfg.tm_lr)
     opt_lr = torch.optim.Adam([log_lr], lr=cfg.tm_lr_lr)
-    history: list[dict] = []
-    started = last_log = time.perf_counter()
+    log = IterationLog(cfg.log_every, cfg.tm_iterations, report, first=cfg.iterations)
     for it in range(cfg.tm_iterations):
         trajectory = experts[int(torch.randint(len(experts), (1,), generator=gen))]
         t = int(torch.randint(cfg.tm_max_start + 1, (1,), generator=gen))
@@ -138,18 +136,10 @@ def match_trajectories(cfg: Config, clouds: Clouds, num_classes: int, grid_shape
         opt_lr.step()
         with torch.no_grad():
             project(syn, grid_shape)
-        if it % cfg.log_every == 0 or it == cfg.tm_iterations - 1:
-            now = time.perf_counter()
-            steps = it + 1 - (history[-1]["iteration"] - cfg.iterations + 1 if history else 0)
-            row = {"iteration": cfg.iterations + it, "loss": loss.item(), "grad_abs": grad_abs,
-                   "delta_abs": (syn.detach() - before).abs().mean().item(),
-                   "sec_per_iter": (now - last_log) / max(1, steps), "elapsed": now - started,
-                   "tm_syn_lr": log_lr.exp().item()}
-            last_log = now
-            history.append(row)
-            if report is not None:
-                report(dict(row))
+        if log.due(it):
+            log.add(it, loss=loss.item(), grad_abs=grad_abs, delta_abs=(syn.detach() - before).abs().mean().item(),
+                    tm_syn_lr=log_lr.exp().item())
     if cfg.snap_final:
         snap_points(cfg, syn, grid_shape)
     syn.requires_grad_(False)
-    return history
+    return log.rows
