@@ -115,10 +115,9 @@ def match_trajectories(cfg: Config, clouds: Clouds, num_classes: int, grid_shape
         t = int(torch.randint(cfg.tm_max_start + 1, (1,), generator=gen))
         start, target = trajectory[t], trajectory[t + cfg.tm_span]
         params = [p.clone().requires_grad_(True) for p in start]
+        images = enc(PointBatch.from_padded(syn), grid_shape, False).reshape(len(syn), 1, *free)
         for _ in range(cfg.tm_syn_steps):
-            x = enc(PointBatch.from_padded(syn), grid_shape, False).reshape(len(syn), 1, *free)
-            if cfg.augment:
-                x = dc_augment(x, gen)
+            x = dc_augment(images, gen) if cfg.augment else images
             out = functional_call(net, dict(zip(names, params)), (x,))
             grads = torch.autograd.grad(F.cross_entropy(out, labels), params, create_graph=True)
             params = [p - log_lr.exp() * g for p, g in zip(params, grads)]
