@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -12,7 +13,7 @@ from tune_distill import UserError, load_results
 from tune_distill.cli import _search_overrides, build_parser, main
 from tune_distill.tune import load_space, space_from_dict
 from tune_distill.tune.objective import summarize
-from tune_distill.tune.results import BASE_FILE, SPACE_FILE
+from tune_distill.tune.results import BASE_FILE, SPACE_FILE, leaderboard
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,6 +140,16 @@ def test_objective_summary():
     assert summarize([0.5, 0.7], "acc_min")["objective"] == 0.5
     assert summarize([0.5, 0.7], "acc_mean")["objective"] == pytest.approx(0.6)
     assert math.isnan(summarize([], "acc_mean")["objective"])
+
+
+def test_leaderboard_ranks_trials_with_more_seeds_first():
+    # ASHA stopped trial 2 after one seed: its robust objective is that seed's accuracy (std 0),
+    # above trial 1's over two seeds, yet trial 1 beat it at one seed and went on.
+    seeds = {1: [0.9649, 0.9620], 2: [0.9639], 3: [0.9500, 0.9400], 4: []}
+    df = pd.DataFrame([{"trial": t, "seeds_done": len(a), **summarize(a, "robust")} for t, a in seeds.items()])
+    assert df.set_index("trial")["objective"][2] > df.set_index("trial")["objective"][1]
+    assert leaderboard(df)["trial"].tolist() == [1, 3, 2]
+    assert leaderboard(df, top=1)["trial"].tolist() == [1]
 
 
 def test_unknown_experiment_names_are_one_line_errors_listing_what_exists(tmp_path, capsys):

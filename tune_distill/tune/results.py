@@ -215,9 +215,16 @@ def load_results(name_or_path: str | os.PathLike, storage: str | os.PathLike | N
 
 
 def leaderboard(df: pd.DataFrame, top: int | None = None) -> pd.DataFrame:
-    """Trials with an objective, best first (by the space's mode), optionally the first ``top``."""
+    """Trials with an objective, best first, optionally the first ``top``.
+
+    Trials that finished more seeds rank first, then by objective (the space's mode). A trial the
+    scheduler stopped after fewer seeds lost to those that went on at that many seeds (ASHA
+    compares trials at equal seed counts), and its objective is not comparable with theirs: over
+    one seed the std is 0, so ``robust`` and ``acc_min`` are just that seed's accuracy.
+    """
     mode = df.attrs.get("space", {}).get("search", {}).get("mode", "max")
-    ranked = df[df["objective"].notna()].sort_values("objective", ascending=(mode == "min"), kind="stable")
+    ranked = df[df["objective"].notna()].sort_values(["seeds_done", "objective"], ascending=[False, mode == "min"],
+                                                     kind="stable")
     return ranked.head(top) if top else ranked
 
 
