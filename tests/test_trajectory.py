@@ -1,4 +1,4 @@
-"""Trajectory matching on real MNIST: the expert cache, the refinement after distillation, its config checks."""
+"""Trajectory matching on real MNIST: the expert and first-stage caches, the refinement after distillation, its config checks."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ TM = dict(iterations=2, batch_real=16, points=120, width=8, tm_iterations=3, tm_
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    """A fresh expert cache for the test, so no test reads experts another one trained."""
+    """A fresh cache for the test, so no test reads experts or stages another one computed."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     return tmp_path / "tune_distill" / "experts"
 
@@ -47,6 +47,28 @@ def test_refinement_continues_the_run_and_is_deterministic(mnist, cache):
     assert all("tm_syn_lr" in r and r["grad_abs"] > 0 and r["delta_abs"] > 0 for r in refined)
     without = run(cfg.replace(tm_iterations=0), data=mnist)
     assert not np.array_equal(a.points, without.points)
+
+
+def test_a_trajectory_run_takes_its_first_stage_from_the_cache(mnist, cache, tmp_path, monkeypatch):
+    cfg = make_config(TM, preset="quick")
+    stages = cache.parent / "stages"
+    cold = run(cfg, data=mnist)
+    [path] = list(stages.glob("*.pt"))
+    written = path.stat().st_mtime_ns
+    other_tm = run(cfg.replace(tm_lr=0.05, tm_syn_steps=2, eval_epochs=10), data=mnist)
+    assert path.stat().st_mtime_ns == written  # other tm_* and eval_* settings: the same first stage, read back
+    assert other_tm.history[:2] == cold.history[:2] and not np.array_equal(other_tm.points, cold.points)
+    run(cfg.replace(lr=0.05), data=mnist)
+    run(cfg.replace(seed=1), data=mnist)
+    assert len(list(stages.glob("*.pt"))) == 3  # another first-stage setting or seed: its own entry
+    run(cfg.replace(eval_at=[1]), data=mnist)
+    assert len(list(stages.glob("*.pt"))) == 3  # intermediate evaluations run inside the stage: not cached
+    warm = run(cfg, data=mnist)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty"))
+    recomputed = run(cfg, data=mnist)
+    for result in (warm, recomputed):  # a cached first stage is exactly the one a run computes
+        assert np.array_equal(result.points, cold.points) and result.accuracies == cold.accuracies
+        assert [r["loss"] for r in result.history] == [r["loss"] for r in cold.history]
 
 
 def test_the_trajectory_loss_falls_on_a_fixed_segment(mnist, cache):

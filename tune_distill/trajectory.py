@@ -17,19 +17,15 @@ trained once and cached on disk (as MTT's expert buffer); every seed and trial s
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from .cache import cache_path, cached
 from .config import Config
 from .data.base import Clouds, PointBatch
-from .data.mnist import default_cache_dir
 from .distill import IterationLog, Report, encoding_of, snap_points, stream
 from .evaluate import dc_augment, render
 from .nets import ConvNet
@@ -38,17 +34,11 @@ from .synthetic import project
 Trajectory = list[list[torch.Tensor]]  # checkpoints, each the network's parameters in order
 
 
-def expert_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/tune_distill/experts`` (``~/.cache`` without it), beside the MNIST cache."""
-    return default_cache_dir().parent / "experts"
-
-
-def _expert_key(cfg: Config, clouds: Clouds) -> str:
+def _expert_spec(cfg: Config, clouds: Clouds) -> dict:
     """What the experts depend on: the real clouds they train on and their own settings."""
     keys = ("dataset", "threshold", "real_cap", "val_size", "width", "depth", "eval_batch",
             "tm_experts", "tm_expert_steps", "tm_expert_every", "tm_expert_lr")
-    spec = {k: getattr(cfg, k) for k in keys} | {"clouds": len(clouds), "points": int(clouds.counts.sum())}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    return {k: getattr(cfg, k) for k in keys} | {"clouds": len(clouds), "points": int(clouds.counts.sum())}
 
 
 def _images(clouds: Clouds, cap: int | None, grid_shape: tuple[int, ...], chunk: int = 5000) -> torch.Tensor:
@@ -61,9 +51,11 @@ def train_experts(cfg: Config, clouds: Clouds, grid_shape: tuple[int, ...], num_
 
     Trained on the CPU: the cache is shared by every device, and CPU runs are reproducible.
     """
-    path = expert_cache_dir() / f"{_expert_key(cfg, clouds)}.pt"
-    if path.exists():
-        return torch.load(path)
+    return cached(cache_path("experts", _expert_spec(cfg, clouds)),
+                  lambda: _train_experts(cfg, clouds, grid_shape, num_classes))
+
+
+def _train_experts(cfg: Config, clouds: Clouds, grid_shape: tuple[int, ...], num_classes: int) -> list[Trajectory]:
     images, labels = _images(clouds.to("cpu"), cfg.real_cap, grid_shape), clouds.labels.cpu()
     experts = []
     for e in range(cfg.tm_experts):
@@ -83,10 +75,6 @@ def train_experts(cfg: Config, clouds: Clouds, grid_shape: tuple[int, ...], num_
             if step % cfg.tm_expert_every == 0:
                 trajectory.append([p.detach().clone() for p in net.parameters()])
         experts.append(trajectory)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp")  # trials racing to fill the cache each write whole files
-    torch.save(experts, partial)
-    partial.replace(path)
     return experts
 
 

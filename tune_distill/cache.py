@@ -1,0 +1,42 @@
+"""On-disk cache for results that are a pure function of their inputs and costly to recompute.
+
+Two things are cached under ``$XDG_CACHE_HOME/tune_distill/`` (``~/.cache`` without it), beside
+the MNIST files: the trajectory-matching experts (``experts/``) and the distribution-matching
+stage a trajectory-matching run starts from (``stages/``). A trajectory-matching search varies
+only the ``tm_*`` settings, so every trial of a seed would otherwise redo the same first stage.
+
+Entries are keyed by a hash of everything they depend on and never invalidated: after changing
+the code that produces them, delete the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import torch
+
+from .data.mnist import default_cache_dir
+
+T = TypeVar("T")
+
+
+def cache_path(kind: str, spec: dict[str, Any]) -> Path:
+    """Where the ``kind`` entry for ``spec`` (JSON-serialisable, all it depends on) lives."""
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    return default_cache_dir().parent / kind / f"{key}.pt"
+
+
+def cached(path: Path, build: Callable[[], T]) -> T:
+    """The object saved at ``path``, else ``build()``, saved there for next time."""
+    if path.exists():
+        return torch.load(path)
+    value = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")  # processes racing to fill an entry each write whole files
+    torch.save(value, partial)
+    partial.replace(path)
+    return value
