@@ -36,6 +36,13 @@ def test_experts_are_trained_once_and_shared_by_every_seed(mnist, cache):
     assert all(torch.equal(a, b) for ta, tb in zip(first, again) for ca, cb in zip(ta, tb) for a, b in zip(ca, cb))
     train_experts(cfg.replace(tm_expert_lr=0.05), mnist.train, mnist.grid_shape, mnist.num_classes)
     assert len(list(cache.glob("*.pt"))) == 2  # other expert settings, other experts
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        train_experts(cfg, mnist.train, mnist.grid_shape, mnist.num_classes)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(list(cache.glob("*.pt"))) == 3  # another thread count may train other experts: its own entry
 
 
 def test_refinement_continues_the_run_and_is_deterministic(mnist, cache):

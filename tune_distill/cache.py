@@ -5,8 +5,11 @@ the MNIST files: the trajectory-matching experts (``experts/``) and the distribu
 stage a trajectory-matching run starts from (``stages/``). A trajectory-matching search varies
 only the ``tm_*`` settings, so every trial of a seed would otherwise redo the same first stage.
 
-Entries are keyed by a hash of everything they depend on and never invalidated: after changing
-the code that produces them, delete the folder.
+Entries are keyed by a hash of everything they depend on, torch's CPU thread count included: a
+CPU run is reproducible at a given thread count, but another count sums floats in another order
+and training drifts apart (after 50 steps an expert's weights differ by 3 % of the largest one
+between 1 and 2 threads), and an entry must be exactly what the run would have computed. They
+are never invalidated: after changing the code that produces them, delete the folder.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ T = TypeVar("T")
 
 def cache_path(kind: str, spec: dict[str, Any]) -> Path:
     """Where the ``kind`` entry for ``spec`` (JSON-serialisable, all it depends on) lives."""
+    spec = spec | {"threads": torch.get_num_threads()}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     return default_cache_dir().parent / kind / f"{key}.pt"
 
