@@ -66,10 +66,11 @@ def test_a_trajectory_run_takes_its_first_stage_from_the_cache(mnist, cache, tmp
     assert path.stat().st_mtime_ns == written  # other tm_* and eval_* settings: the same first stage, read back
     assert other_tm.history[:2] == cold.history[:2] and not np.array_equal(other_tm.points, cold.points)
     run(cfg.replace(lr=0.05), data=mnist)
+    run(cfg.replace(points=100), data=mnist)
     run(cfg.replace(seed=1), data=mnist)
-    assert len(list(stages.glob("*.pt"))) == 3  # another first-stage setting or seed: its own entry
+    assert len(list(stages.glob("*.pt"))) == 4  # another first-stage setting or seed: its own entry
     run(cfg.replace(eval_at=[1]), data=mnist)
-    assert len(list(stages.glob("*.pt"))) == 3  # intermediate evaluations run inside the stage: not cached
+    assert len(list(stages.glob("*.pt"))) == 4  # intermediate evaluations run inside the stage: not cached
     warm = run(cfg, data=mnist)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty"))
     recomputed = run(cfg, data=mnist)

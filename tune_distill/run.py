@@ -118,7 +118,7 @@ def evaluate_points(cfg: Config, points: torch.Tensor, labels: torch.Tensor, dat
 def first_stage_spec(cfg: Config, train: Clouds, device: torch.device) -> dict:
     """What the points before trajectory matching depend on: settings but tm_* and eval_*, data, device."""
     settings = {k: v for k, v in cfg.model_dump().items() if not k.startswith(("tm_", "eval_"))}
-    return settings | {"device": device.type, "clouds": len(train), "points": int(train.counts.sum())}
+    return settings | {"device": device.type, "data_clouds": len(train), "data_points": int(train.counts.sum())}
 
 
 def run(config: Config, report: Report | None = None, data: Dataset | None = None,
