@@ -22,14 +22,17 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
+from .data.base import Clouds
 from .data.mnist import default_cache_dir
 
 T = TypeVar("T")
 
 
-def cache_path(kind: str, spec: dict[str, Any]) -> Path:
-    """Where the ``kind`` entry for ``spec`` (JSON-serialisable, all it depends on) lives."""
-    spec = spec | {"threads": torch.get_num_threads()}
+def cache_path(kind: str, spec: dict[str, Any], clouds: Clouds) -> Path:
+    """Where the ``kind`` entry computed from ``clouds`` lives; ``spec`` (JSON-serialisable) is all
+    else it depends on. Every entry is keyed by its data and torch's thread count here."""
+    spec = spec | {"data_clouds": len(clouds), "data_points": int(clouds.counts.sum()),
+                   "threads": torch.get_num_threads()}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     return default_cache_dir().parent / kind / f"{key}.pt"
 

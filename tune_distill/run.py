@@ -115,10 +115,10 @@ def evaluate_points(cfg: Config, points: torch.Tensor, labels: torch.Tensor, dat
                            eval_settings(cfg), stream(cfg.seed, "eval") % 2**31)
 
 
-def first_stage_spec(cfg: Config, train: Clouds, device: torch.device) -> dict:
-    """What the points before trajectory matching depend on: settings but tm_* and eval_*, data, device."""
+def first_stage_spec(cfg: Config, device: torch.device) -> dict:
+    """What the points before trajectory matching depend on, besides the data: settings but tm_* and eval_*, device."""
     settings = {k: v for k, v in cfg.model_dump().items() if not k.startswith(("tm_", "eval_"))}
-    return settings | {"device": device.type, "data_clouds": len(train), "data_points": int(train.counts.sum())}
+    return settings | {"device": device.type}
 
 
 def run(config: Config, report: Report | None = None, data: Dataset | None = None,
@@ -161,7 +161,7 @@ def run(config: Config, report: Report | None = None, data: Dataset | None = Non
             rows = distill(cfg, train, data.num_classes, data.grid_shape, syn, device, report)
             return {"points": syn.detach().cpu(), "history": rows}
 
-        stage = cached(cache_path("stages", first_stage_spec(cfg, train, device)), first_stage)
+        stage = cached(cache_path("stages", first_stage_spec(cfg, device), train), first_stage)
         with torch.no_grad():
             syn.copy_(stage["points"])
         history = stage["history"]

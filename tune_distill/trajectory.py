@@ -34,11 +34,11 @@ from .synthetic import project
 Trajectory = list[list[torch.Tensor]]  # checkpoints, each the network's parameters in order
 
 
-def _expert_spec(cfg: Config, clouds: Clouds) -> dict:
-    """What the experts depend on: the real clouds they train on and their own settings."""
+def _expert_spec(cfg: Config) -> dict:
+    """What the experts depend on besides the real clouds they train on: their own settings."""
     keys = ("dataset", "threshold", "real_cap", "val_size", "width", "depth", "eval_batch",
             "tm_experts", "tm_expert_steps", "tm_expert_every", "tm_expert_lr")
-    return {k: getattr(cfg, k) for k in keys} | {"clouds": len(clouds), "points": int(clouds.counts.sum())}
+    return {k: getattr(cfg, k) for k in keys}
 
 
 def _images(clouds: Clouds, cap: int | None, grid_shape: tuple[int, ...], chunk: int = 5000) -> torch.Tensor:
@@ -51,7 +51,7 @@ def train_experts(cfg: Config, clouds: Clouds, grid_shape: tuple[int, ...], num_
 
     Trained on the CPU: the cache is shared by every device, and CPU runs are reproducible.
     """
-    return cached(cache_path("experts", _expert_spec(cfg, clouds)),
+    return cached(cache_path("experts", _expert_spec(cfg), clouds),
                   lambda: _train_experts(cfg, clouds, grid_shape, num_classes))
 
 
