@@ -281,8 +281,8 @@ def test_sigint_then_resume_finishes_the_grid(ray_cluster, mnist_dir, tmp_path):
     assert len(pids) <= 2, pids
 
 
-@pytest.mark.parametrize("batch", [False, True], ids=["unbatched", "batched"])
-def test_sigkill_of_the_driver_then_rerun_finishes_the_search(ray_cluster, mnist_dir, tmp_path, batch):
+@pytest.mark.parametrize("batch,cut", [(False, False), (True, True)], ids=["unbatched", "batched-state-cut-off"])
+def test_sigkill_of_the_driver_then_rerun_finishes_the_search(ray_cluster, mnist_dir, tmp_path, batch, cut):
     # Batched, the restored searcher also holds the batch's ended trials it has not yet told TPE.
     raw = tiny_space({"depth": {"choice": [1, 2, 3]}, "lr": {"loguniform": [0.02, 0.5]}}, num_samples=5, seed=3,
                      batch=batch)
@@ -293,6 +293,14 @@ def test_sigkill_of_the_driver_then_rerun_finishes_the_search(ray_cluster, mnist
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     _wait_for_idle_cluster()
+    if cut:
+        # A kill while Tune copies its state into the folder leaves those files empty or cut off
+        # (it truncates each before writing it): the worst case, made certain here.
+        state_files = [*(tmp_path / "killed").glob("experiment_state-*.json"),
+                       *(tmp_path / "killed").glob("searcher-state-*.pkl")]
+        assert len(state_files) == 2
+        for f in state_files:
+            f.write_bytes(b"")
     before = load_results("killed", storage=tmp_path)
     assert (before["status"] == "done").sum() < 5
     # Re-running the same name (no --resume needed) restores the experiment and finishes it.

@@ -7,6 +7,7 @@ tune_distill`` stays light. The pieces:
 - ``trainable``: one trial = one config over the experiment's seeds, checkpointed per seed;
 - ``tuner``: searcher, scheduler, resources, resume, the cluster check;
 - ``searcher``: Ray's ``OptunaSearch``, safe to resume after the driver was killed;
+- ``driverstate``: Tune's own saved state, kept whole when the driver is killed;
 - ``results``: ``load_results(name) -> DataFrame`` and the tables built from it;
 - ``export`` / ``report``: the best synthetic sets (npz, png, ply) and plots with a summary.
 """

@@ -1,7 +1,8 @@
 """Reading experiments back: ``load_results(name) -> pandas.DataFrame``, one row per trial.
 
 An experiment folder (``results/<name>/`` by default) holds Tune's own files (experiment state,
-searcher state, one ``trial_<id>/`` folder per trial with its latest checkpoint), our
+searcher state, one ``trial_<id>/`` folder per trial with its latest checkpoint), a whole copy
+of Tune's state (``driver-state.zip``, see ``driverstate``), our
 ``space.yaml`` (the validated space, CLI overrides applied) and ``base_config.yaml`` (the
 resolved config every trial starts from), and, for algorithm optuna, ``optuna.db`` (the study).
 
@@ -136,21 +137,27 @@ def creation_order(trials: list) -> list:
 
 def _tune_trials(exp_dir: Path) -> list[tuple[str, str, dict]]:
     """(trial_id, Tune status, params) of every trial in Tune's experiment state, oldest first."""
-    if not any(exp_dir.glob("experiment_state-*.json")):
-        return []
+    import tempfile
     import warnings
 
     from ray.tune import ExperimentAnalysis
 
+    from .driverstate import experiment_state_file
     from .util import quiet_loggers
 
-    try:
-        # Quiet: Ray warns about every trial that has no result yet (pending, errored at start).
-        with warnings.catch_warnings(), quiet_loggers(("ray.tune",)):
-            warnings.simplefilter("ignore")
-            analysis = ExperimentAnalysis(str(exp_dir.resolve()))
-    except Exception as exc:  # Ray's own reading failed: say where, in one line
-        raise UserError(f"cannot read the experiment state in {exp_dir} ({type(exc).__name__}: {exc})") from None
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            state = experiment_state_file(exp_dir, Path(scratch))
+            if state is None:
+                return []
+            # Quiet: Ray warns about every trial that has no result yet (pending, errored at start).
+            with warnings.catch_warnings(), quiet_loggers(("ray.tune",)):
+                warnings.simplefilter("ignore")
+                analysis = ExperimentAnalysis(str(state.resolve()))
+        except Exception as exc:  # Ray's own reading failed: say where, in one line
+            raise UserError(f"cannot read the experiment state in {exp_dir} ({type(exc).__name__}: {exc}); if its "
+                            "driver was killed before Tune's first save, start the search again under another "
+                            "--name") from None
     return [(t.trial_id, t.status, dict(t.config)) for t in creation_order(analysis.trials)]
 
 

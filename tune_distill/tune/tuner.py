@@ -15,7 +15,8 @@ PENDING forever), and runs Ray Tune:
 An experiment lives in ``<storage>/<name>/``. Running the same name again (or ``resume=True``)
 restores it with ``Tuner.restore(..., resume_unfinished=True)``: finished trials are kept,
 unfinished ones continue from their last finished seed, and the searcher continues from its
-saved state, so no trial is lost and none runs twice.
+saved state, so no trial is lost and none runs twice. ``driverstate`` keeps that saved state
+whole when the driver is killed while Tune copies it.
 """
 
 from __future__ import annotations
@@ -318,6 +319,9 @@ def search(space: SearchSpace, *, name: str, storage: str | Path | None = None, 
             raise UserError(f"experiment {name!r} exists with a different space ({diff}); resume it unchanged, "
                             "or choose another --name")
         base = read_base(exp_dir)
+        from .driverstate import restore_into
+
+        restore_into(exp_dir)  # a driver killed while Tune copied its state left it cut off
         done = _outcome(space, name, exp_dir, True, 0.0)
         if not done.interrupted:  # nothing left to run: no cluster needed
             if progress:
@@ -330,6 +334,7 @@ def search(space: SearchSpace, *, name: str, storage: str | Path | None = None, 
 
     from ray import tune
 
+    from .driverstate import StateBackup
     from .progress import Progress
 
     started_ray = _connect(address)
@@ -342,7 +347,8 @@ def search(space: SearchSpace, *, name: str, storage: str | Path | None = None, 
             # Written last: its presence marks the folder as an experiment.
             (exp_dir / SPACE_FILE).write_text(yaml.safe_dump(space.to_dict(), sort_keys=False))
         trainable = _trainable(space, base, data, exp_dir)
-        callbacks = [Progress(space.num_trials, space.search.seeds, space.search.mode)] if progress else []
+        callbacks = [StateBackup()] + ([Progress(space.num_trials, space.search.seeds, space.search.mode)]
+                                       if progress else [])
         if progress:
             _announce(space, name, exp_dir, restoring)
         started = time.perf_counter()
