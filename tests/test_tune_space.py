@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -13,6 +14,7 @@ from tune_distill import UserError, load_results
 from tune_distill.cli import _search_overrides, build_parser, main
 from tune_distill.tune import load_space, space_from_dict
 from tune_distill.tune.objective import summarize
+from tune_distill.tune.progress import Progress
 from tune_distill.tune.results import BASE_FILE, SPACE_FILE, leaderboard
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,6 +152,15 @@ def test_leaderboard_ranks_trials_with_more_seeds_first():
     assert df.set_index("trial")["objective"][2] > df.set_index("trial")["objective"][1]
     assert leaderboard(df)["trial"].tolist() == [1, 3, 2]
     assert leaderboard(df, top=1)["trial"].tolist() == [1]
+    # The live display names the same best trial, from Tune's trial objects.
+    trials = [SimpleNamespace(trial_id=f"t{t}", experiment_tag=f"{t}_x", status="TERMINATED",
+                              last_result={"seeds_done": len(a), "objective": summarize(a, "robust")["objective"]})
+              for t, a in seeds.items() if a]
+    assert Progress(4, 2, "max").best(trials).startswith("#1 ")
+    # Mode min: the lowest objective among the trials with the most seeds.
+    df.attrs["space"] = {"search": {"mode": "min"}}
+    assert leaderboard(df)["trial"].tolist() == [3, 1, 2]
+    assert Progress(4, 2, "min").best(trials).startswith("#3 ")
 
 
 def test_unknown_experiment_names_are_one_line_errors_listing_what_exists(tmp_path, capsys):

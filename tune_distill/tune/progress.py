@@ -23,7 +23,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from .results import creation_order, error_line
+from .results import creation_order, error_line, rank_key
 
 STATUS_EVERY_S = 30.0
 
@@ -55,16 +55,13 @@ class Progress(Callback):
         return len(trials) + 1
 
     def best(self, trials: list, also: Any = None) -> str:
-        """``#n value`` of the best finished trial so far (``also`` counts as finished), or ''.
-
-        Ranked as ``results.leaderboard`` ranks: more seeds first, then the objective.
-        """
+        """``#n value`` of the best finished trial so far (``also`` counts as finished), or ''."""
         finished = [t for t in trials if t.status == "TERMINATED" and t is not also] + ([also] if also else [])
         scored = [(t.last_result.get("objective"), t) for t in finished if t.last_result]
         scored = [(v, t) for v, t in scored if isinstance(v, (int, float)) and not math.isnan(v)]
         if not scored:
             return ""
-        value, trial = max(scored, key=lambda vt: (vt[1].last_result.get("seeds_done", 0), self.sign * vt[0]))
+        value, trial = max(scored, key=lambda vt: rank_key(vt[1].last_result.get("seeds_done", 0), vt[0], self.sign))
         return f"#{self.number(trials, trial)} {100 * value:.2f}"
 
     # Tune hooks ----------------------------------------------------------------------------

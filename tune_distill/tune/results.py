@@ -221,17 +221,25 @@ def load_results(name_or_path: str | os.PathLike, storage: str | os.PathLike | N
     return df
 
 
-def leaderboard(df: pd.DataFrame, top: int | None = None) -> pd.DataFrame:
-    """Trials with an objective, best first, optionally the first ``top``.
+def rank_key(seeds_done: int, objective: float, sign: float) -> tuple[int, float]:
+    """How trials rank, the larger the better (``sign``: +1 for mode max, -1 for min).
 
-    Trials that finished more seeds rank first, then by objective (the space's mode). A trial the
-    scheduler stopped after fewer seeds lost to those that went on at that many seeds (ASHA
-    compares trials at equal seed counts), and its objective is not comparable with theirs: over
-    one seed the std is 0, so ``robust`` and ``acc_min`` are just that seed's accuracy.
+    Trials that finished more seeds rank first, then by objective. A trial the scheduler stopped
+    after fewer seeds lost to those that went on at that many seeds (ASHA compares trials at
+    equal seed counts), and its objective is not comparable with theirs: over one seed the std
+    is 0, so ``robust`` and ``acc_min`` are just that seed's accuracy.
     """
-    mode = df.attrs.get("space", {}).get("search", {}).get("mode", "max")
-    ranked = df[df["objective"].notna()].sort_values(["seeds_done", "objective"], ascending=[False, mode == "min"],
-                                                     kind="stable")
+    return int(seeds_done), sign * float(objective)
+
+
+def leaderboard(df: pd.DataFrame, top: int | None = None) -> pd.DataFrame:
+    """Trials with an objective, best first (``rank_key``), optionally the first ``top``."""
+    sign = 1.0 if df.attrs.get("space", {}).get("search", {}).get("mode", "max") == "max" else -1.0
+    scored = df[df["objective"].notna()]
+    # sorted() is stable with reverse=True: equal trials keep their trial order.
+    order = sorted(scored.index, key=lambda i: rank_key(scored.at[i, "seeds_done"], scored.at[i, "objective"], sign),
+                   reverse=True)
+    ranked = scored.loc[order]
     return ranked.head(top) if top else ranked
 
 
