@@ -67,19 +67,16 @@ def experiment_state_file(exp_dir: Path, scratch: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def restore_into(exp_dir: Path) -> list[str]:
-    """Write the zip's files over those of ``exp_dir`` that differ; returns their names."""
+def restore_into(exp_dir: Path) -> None:
+    """Write the zip's files over those of ``exp_dir`` that differ."""
     zipped = exp_dir / BACKUP_FILE
     if not zipped.is_file():
-        return []
-    repaired = []
+        return
     with zipfile.ZipFile(zipped) as z:
         for name in z.namelist():
             data, target = z.read(name), exp_dir / name
             if not target.is_file() or target.read_bytes() != data:
                 _write_atomically(target, lambda tmp: Path(tmp).write_bytes(data))
-                repaired.append(name)
-    return repaired
 
 
 class StateBackup(Callback):
