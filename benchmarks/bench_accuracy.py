@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinn
 import numpy as np
 
 from tune_distill import make_config, run
-from tune_distill.config import load_config_file, parse_assignments
+from tune_distill.recipe.config import load_config_file, parse_assignments
 from tune_distill.data import load_dataset
 
 OURS = Path(__file__).resolve().parents[1] / "configs" / "ours.yaml"

@@ -49,11 +49,13 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from tune_distill.config import make_config  # noqa: E402
+from tune_distill.recipe.config import make_config  # noqa: E402
 from tune_distill.data import load_dataset  # noqa: E402
-from tune_distill.distill import distill, encoding_of  # noqa: E402
+from tune_distill.methods.loop import distill  # noqa: E402
+from tune_distill.nets import NetSettings  # noqa: E402
+from tune_distill.recipe.run import distill_settings, encoding_of, settings  # noqa: E402
 from tune_distill.nets import build_distill_net  # noqa: E402
-from tune_distill.synthetic import init_synthetic  # noqa: E402
+from tune_distill.methods.synthetic import init_synthetic  # noqa: E402
 
 SIZES = {
     # init/augment/snap pinned to the workload docs/minkowski.md measured, whatever the quick preset becomes
@@ -72,14 +74,14 @@ def workloads(size: str, backend: str, data, device: torch.device):
     """(forward_backward, iteration) closures for one size and backend; same inputs for any backend."""
     preset, overrides = SIZES[size]
     cfg = make_config({**overrides, "backend": backend}, preset)
-    grid, classes = data.grid_shape, data.num_classes
+    grid, classes = data.domain.grid_shape, data.num_classes
     enc = encoding_of(cfg)
-    net = build_distill_net(cfg, enc.in_channels(len(grid)), grid, classes, seed=0).to(device)
+    net = build_distill_net(settings(NetSettings, cfg), enc.in_channels(len(grid)), grid, classes, seed=0).to(device)
     params = [p for p in net.parameters() if p.requires_grad]
     pick = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[: cfg.batch_real]
     batch = data.train.batch(pick, cfg.real_cap).to(device)
     labels = data.train.labels[pick].to(device)
-    syn, _ = init_synthetic(cfg.init, data.train, classes, grid, cfg.ipc, cfg.points,
+    syn, _ = init_synthetic(cfg.init, data.train, classes, data.domain, cfg.ipc, cfg.points,
                             torch.Generator().manual_seed(0), cfg.init_noise, cfg.real_cap)
 
     def forward_backward():
@@ -87,7 +89,8 @@ def workloads(size: str, backend: str, data, device: torch.device):
         torch.autograd.grad(loss, params)
 
     def iteration():
-        distill(cfg, data.train, classes, grid, syn.clone().to(device), device)
+        distill(distill_settings(cfg), settings(NetSettings, cfg), data.train, classes, data.domain, syn.clone().to(device),
+                device)
 
     return {"forward_backward": forward_backward, "iteration": iteration}
 

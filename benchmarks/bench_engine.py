@@ -21,10 +21,15 @@ import torch
 
 from tune_distill import make_config
 from tune_distill.data import load_dataset
-from tune_distill.distill import distill, stream
-from tune_distill.evaluate import EvalSettings, evaluate_images, render
-from tune_distill.data.base import PointBatch
-from tune_distill.synthetic import init_synthetic
+from tune_distill.core.seeding import stream
+from tune_distill.data.image import render
+from tune_distill.evaluate import EvalSettings
+from tune_distill.evaluate.image import evaluate_images
+from tune_distill.methods.loop import distill
+from tune_distill.nets import NetSettings
+from tune_distill.recipe.run import distill_settings, settings
+from tune_distill.core.types import PointBatch
+from tune_distill.methods.synthetic import init_synthetic
 
 SIZES = {
     "quick-dense": ("quick", {}),
@@ -37,19 +42,20 @@ SIZES = {
 def seconds_per_iteration(data, preset: str, overrides: dict, iterations: int) -> float:
     cfg = make_config(dict(overrides, iterations=iterations + 1, log_every=1), preset=preset)
     gen = torch.Generator().manual_seed(stream(cfg.seed, "init"))
-    syn, _ = init_synthetic(cfg.init, data.train, data.num_classes, data.grid_shape, cfg.ipc, cfg.points, gen)
-    history = distill(cfg, data.train, data.num_classes, data.grid_shape, syn, torch.device("cpu"))
+    syn, _ = init_synthetic(cfg.init, data.train, data.num_classes, data.domain, cfg.ipc, cfg.points, gen)
+    history = distill(distill_settings(cfg), settings(NetSettings, cfg), data.train, data.num_classes, data.domain, syn,
+                      torch.device("cpu"))
     return statistics.median(row["sec_per_iter"] for row in history[1:])
 
 
 def seconds_per_evaluation(data, preset: str) -> float:
     cfg = make_config({}, preset=preset)
     test_n = cfg.eval_test_size or len(data.test)
-    test_x = render(data.test.batch(torch.arange(test_n)), data.grid_shape)
+    test_x = render(data.test.batch(torch.arange(test_n)), data.domain.grid_shape)
     test_y = data.test.labels[:test_n]
     gen = torch.Generator().manual_seed(0)
-    syn, labels = init_synthetic("real", data.train, data.num_classes, data.grid_shape, 1, cfg.points, gen)
-    images = render(PointBatch.from_padded(syn), data.grid_shape)
+    syn, labels = init_synthetic("real", data.train, data.num_classes, data.domain, 1, cfg.points, gen)
+    images = render(PointBatch.from_padded(syn), data.domain.grid_shape)
     settings = EvalSettings(1, cfg.eval_epochs, cfg.eval_width, cfg.eval_depth, cfg.eval_lr, cfg.eval_batch, cfg.eval_augment)
     start = time.perf_counter()
     evaluate_images(images, labels, {"test": (test_x, test_y)}, data.num_classes, settings, seed=0)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tune_distill.augment import sample_transform
-from tune_distill.data.base import PointBatch
+from tune_distill.methods.augment import sample_transform
+from tune_distill.core.types import Domain, PointBatch
 
 
 def test_same_transform_on_real_and_synthetic():
     g = torch.Generator().manual_seed(3)
-    t = sample_transform((1, 28, 28), rotate=30, scale=0.2, translate=0.1, jitter=0.0, generator=g)
+    t = sample_transform(Domain(3, (1, 28, 28)), rotate=30, scale=0.2, translate=0.1, jitter=0.0, generator=g)
     cloud = torch.tensor([[0.0, 3.0, 4.0], [0.0, 20.0, 9.0], [0.0, 13.5, 13.5]])
     real = PointBatch(torch.cat([cloud, cloud + 1]), torch.tensor([0, 0, 0, 1, 1, 1]), 2)
     syn = PointBatch(cloud.clone().requires_grad_(True), torch.zeros(3, dtype=torch.long), 1)
@@ -29,7 +29,7 @@ def test_same_transform_on_real_and_synthetic():
 
 def test_jitter_perturbs_free_axes_only():
     g = torch.Generator().manual_seed(0)
-    t = sample_transform((1, 28, 28), rotate=0, scale=0, translate=0, jitter=0.5, generator=g)
+    t = sample_transform(Domain(3, (1, 28, 28)), rotate=0, scale=0, translate=0, jitter=0.5, generator=g)
     pts = torch.full((100, 3), 10.0)
     pts[:, 0] = 0
     out = t(PointBatch(pts, torch.zeros(100, dtype=torch.long), 1)).points
@@ -42,7 +42,7 @@ def test_transform_follows_the_points_device_and_dtype(device, dtype):
     # The transform is drawn on the CPU in float32, so a seed gives one transform on any device;
     # it must be applied where the points are (a distillation on a GPU failed here once).
     g = torch.Generator().manual_seed(5)
-    t = sample_transform((1, 28, 28), rotate=20, scale=0.1, translate=0.1, jitter=0.0, generator=g)
+    t = sample_transform(Domain(3, (1, 28, 28)), rotate=20, scale=0.1, translate=0.1, jitter=0.0, generator=g)
     pts = torch.tensor([[0.0, 3.0, 4.0], [0.0, 20.0, 9.0]])
     want = t(PointBatch(pts, torch.zeros(2, dtype=torch.long), 1)).points
     got = t(PointBatch(pts.to(device, dtype), torch.zeros(2, dtype=torch.long, device=device), 1)).points

@@ -78,7 +78,7 @@ def test_a_diverging_run_is_one_line_exit_1(tmp_path, mnist_dir):
     # lr at its upper bound throws every point onto the grid's border; the augmentation then
     # moves a whole class out of the grid, which would leave nothing to match.
     proc = subprocess.run([sys.executable, "-m", "tune_distill.cli", "run", *TINY, "--set", "lr=1000",
-                           "--set", "iterations=6", "--set", "objective=gradient", *_data(mnist_dir),
+                           "--set", "iterations=6", "--set", "matching=gradient", *_data(mnist_dir),
                            "--out", str(tmp_path / "x")],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr

@@ -11,7 +11,7 @@ import torch
 
 from tune_distill.data import load_dataset, voxelize
 from tune_distill.data.mnist import FILES, ENV_VAR, read_idx, resolve_data_dir
-from tune_distill.errors import UserError
+from tune_distill.core.errors import UserError
 
 # The official MNIST class frequencies.
 TRAIN_PER_CLASS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -22,7 +22,7 @@ def test_counts_and_classes(mnist):
     assert len(mnist.train) == 60000 and len(mnist.test) == 10000
     assert torch.bincount(mnist.train.labels).tolist() == TRAIN_PER_CLASS
     assert torch.bincount(mnist.test.labels).tolist() == TEST_PER_CLASS
-    assert mnist.grid_shape == (1, 28, 28) and mnist.num_classes == 10
+    assert mnist.domain.grid_shape == (1, 28, 28) and mnist.num_classes == 10
 
 
 def test_clouds_are_the_thresholded_pixels(mnist, mnist_dir):
@@ -44,7 +44,7 @@ def test_cap_keeps_the_first_points(mnist):
 
 def test_render_round_trips(mnist, mnist_dir):
     images = read_idx(resolve_data_dir(mnist_dir) / "t10k-images-idx3-ubyte.gz")
-    grids = voxelize(mnist.test.batch(torch.arange(50)), mnist.grid_shape)
+    grids = voxelize(mnist.test.batch(torch.arange(50)), mnist.domain.grid_shape)
     assert torch.equal(grids[:, 0].bool(), torch.from_numpy(images[:50] > 75))
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from tune_distill.data.base import PointBatch
-from tune_distill.encoding import Encoding
+from tune_distill.core.types import PointBatch
+from tune_distill.methods.encoding import Encoding
 from tune_distill.sparse import SparseTensor
 
 GRID = (1, 28, 28)
@@ -75,7 +75,7 @@ def test_splat_on_integer_points_is_the_binary_image():
 
 
 def test_straight_through_forwards_the_rendered_image_and_backwards_the_splat():
-    from tune_distill.data.base import voxelize
+    from tune_distill.core.types import voxelize
     from tune_distill.sparse import to_dense
 
     g = torch.Generator().manual_seed(0)

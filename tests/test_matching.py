@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tune_distill.matching import distribution_match, gradient_distance
+from tune_distill.methods.matching import distribution_match, gradient_distance
 
 
 def test_sum_of_squares_and_mse():

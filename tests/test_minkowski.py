@@ -21,16 +21,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tune_distill.config import make_config
+from tune_distill.recipe.config import make_config
 from tune_distill.data import PointBatch
-from tune_distill.distill import distill, encoding_of
-from tune_distill.errors import UserError
-from tune_distill.matching import gradient_match
+from tune_distill.methods.loop import distill
+from tune_distill.nets import NetSettings
+from tune_distill.recipe.run import distill_settings, encoding_of, settings
+from tune_distill.core.errors import UserError
+from tune_distill.methods.matching import gradient_match
 from tune_distill.nets import SparseNet, build_distill_net
 from tune_distill.sparse import SparseTensor, ops
 from tune_distill.sparse import minkowski as mk
 from tune_distill.sparse.backend import SparseBackend, get_backend
-from tune_distill.synthetic import init_synthetic
+from tune_distill.methods.synthetic import init_synthetic
 
 REL = 1e-5
 SYN_ATOL = 1e-5
@@ -176,7 +178,7 @@ def test_global_pool_and_to_dense_parity(mode):
 def mnist_input(mnist, n: int = 16, start: int = 0):
     batch = mnist.train.batch(torch.arange(start, start + n), 250)
     pts = batch.points.clone().requires_grad_(True)
-    x = encoding_of(make_config(preset="paper-sparse"))(PointBatch(pts, batch.batch, n), mnist.grid_shape, True)
+    x = encoding_of(make_config(preset="paper-sparse"))(PointBatch(pts, batch.batch, n), mnist.domain.grid_shape, True)
     return pts, x, mnist.train.labels[start : start + n]
 
 
@@ -187,7 +189,7 @@ def test_paper_sparse_network_parity(mnist, depth, pooling):
     results = []
     for backend in (SparseBackend(truncated=True), mk.MinkowskiBackend()):
         torch.manual_seed(0)
-        net = SparseNet(3, 10, mnist.grid_shape, depth=depth, width=16, pooling=pooling, backend=backend)
+        net = SparseNet(3, 10, mnist.domain.grid_shape, depth=depth, width=16, pooling=pooling, backend=backend)
         pts, x, labels = mnist_input(mnist)
         logits = net(x)
         grads = torch.autograd.grad(F.cross_entropy(logits, labels), [pts, *net.parameters()])
@@ -204,12 +206,12 @@ def test_gradient_matching_parity_with_truncated_second_order(mnist):
     cfg = make_config(dict(width=16), preset="paper-sparse")
     results = []
     for name in ("torch", "minkowski"):
-        net = build_distill_net(cfg.replace(backend=name), 3, mnist.grid_shape, 10, seed=0)
+        net = build_distill_net(settings(NetSettings, cfg.replace(backend=name)), 3, mnist.domain.grid_shape, 10, seed=0)
         _, real, _ = mnist_input(mnist, 16)
-        syn = init_synthetic("uniform", mnist.train, 10, mnist.grid_shape, 1, 100, torch.Generator().manual_seed(0))[0]
+        syn = init_synthetic("uniform", mnist.train, 10, mnist.domain, 1, 100, torch.Generator().manual_seed(0))[0]
         syn = syn[3:4].requires_grad_(True)
         enc = encoding_of(cfg)
-        loss = gradient_match(net, real, torch.full((16,), 3), enc(PointBatch.from_padded(syn), mnist.grid_shape, True),
+        loss = gradient_match(net, real, torch.full((16,), 3), enc(PointBatch.from_padded(syn), mnist.domain.grid_shape, True),
                               torch.full((1,), 3), cfg.distance)
         results.append((loss.detach(), torch.autograd.grad(loss, syn)[0]))
     (loss_ours, g_ours), (loss_me, g_me) = results
@@ -221,12 +223,13 @@ def test_gradient_matching_parity_with_truncated_second_order(mnist):
 @needs_me
 def test_short_distillation_gives_the_same_synthetic_set(mnist):
     cfg = make_config(dict(iterations=4, batch_real=8, width=16, points=60, log_every=1), preset="paper-sparse")
-    grid = mnist.grid_shape
-    start = init_synthetic("uniform", mnist.train, 10, grid, 1, cfg.points, torch.Generator().manual_seed(0))[0]
+    grid = mnist.domain.grid_shape
+    start = init_synthetic("uniform", mnist.train, 10, mnist.domain, 1, cfg.points, torch.Generator().manual_seed(0))[0]
     finals = {}
     for name in ("torch", "minkowski"):
         syn = start.clone()
-        distill(cfg.replace(backend=name), mnist.train, 10, grid, syn, torch.device("cpu"))
+        distill(distill_settings(cfg), settings(NetSettings, cfg.replace(backend=name)), mnist.train, 10, mnist.domain, syn,
+                torch.device("cpu"))
         finals[name] = syn
     moved = (finals["torch"] - start).abs().max().item()
     assert moved > 1e-2  # the points did move...

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from tune_distill import make_config, run
-from tune_distill.run import split_train
+from tune_distill.recipe.run import split_train
 
 TINY = dict(iterations=4, batch_real=16, width=16, points=120, eval_models=2, eval_epochs=40, eval_width=32,
             eval_test_size=500, log_every=2)
@@ -44,8 +44,8 @@ def test_baseline_is_a_run_without_iterations(mnist):
 
 
 def test_validation_split_is_disjoint_and_fixed(mnist):
-    rest, val = split_train(mnist.train, 5000)
-    again, val2 = split_train(mnist.train, 5000)
+    rest, val = split_train(mnist, 5000)
+    again, val2 = split_train(mnist, 5000)
     assert len(val) == 5000 and len(rest) == 55000
     assert torch.equal(val.points, val2.points)
     # Disjoint from the clouds the distillation sees: no validation digit is a training digit.
@@ -78,7 +78,7 @@ def test_cosine_lr_schedule_anneals_the_step_on_the_coordinates(mnist):
 def test_ce_weight_adds_the_synthetic_cross_entropy_to_distribution_matching(mnist):
     # Every random stream (networks, real batches, augmentation) is independent of ce_weight, so
     # at the first iteration the logged loss is DM's plus ce_weight times the same cross-entropy.
-    cfg = make_config(dict(TINY, iterations=1, log_every=1, objective="distribution", network="pretrained",
+    cfg = make_config(dict(TINY, iterations=1, log_every=1, matching="distribution", network="pretrained",
                            pretrain_steps=5, augment=True, eval_models=1, eval_epochs=1), preset="quick")
     loss = {w: run(cfg.replace(ce_weight=w), data=mnist).history[0]["loss"] for w in (0.0, 1.0, 3.0)}
     ce = loss[1.0] - loss[0.0]

@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tune_distill.data.base import PointBatch, voxelize
-from tune_distill.synthetic import INITS, herding, init_synthetic, project
+from tune_distill.core.types import PointBatch, voxelize
+from tune_distill.core.types import Domain
+from tune_distill.methods.synthetic import INITS, herding, init_synthetic
+
+MNIST = Domain(3, (1, 28, 28))
 
 
 @pytest.fixture(scope="module")
@@ -18,17 +21,17 @@ def small(mnist):
 @pytest.mark.parametrize("kind", INITS)
 def test_every_init_has_the_right_shape_and_bounds(small, kind):
     g = torch.Generator().manual_seed(0)
-    pts, labels = init_synthetic(kind, small, 10, (1, 28, 28), ipc=2, points=80, generator=g)
+    pts, labels = init_synthetic(kind, small, 10, MNIST, ipc=2, points=80, generator=g)
     assert pts.shape == (20, 80, 3) and labels.tolist() == [c for c in range(10) for _ in range(2)]
     assert (pts[..., 0] == 0).all()  # pinned depth
     assert pts[..., 1:].min() >= 0 and pts[..., 1:].max() <= 27
     g2 = torch.Generator().manual_seed(0)
-    again, _ = init_synthetic(kind, small, 10, (1, 28, 28), ipc=2, points=80, generator=g2)
+    again, _ = init_synthetic(kind, small, 10, MNIST, ipc=2, points=80, generator=g2)
     assert torch.equal(pts, again)  # same generator seed, same set
 
 
 def test_real_init_points_come_from_one_real_cloud_of_the_class(small):
-    pts, labels = init_synthetic("real", small, 10, (1, 28, 28), ipc=1, points=300, generator=torch.Generator().manual_seed(1))
+    pts, labels = init_synthetic("real", small, 10, MNIST, ipc=1, points=300, generator=torch.Generator().manual_seed(1))
     occupancy = voxelize(small.batch(torch.arange(len(small))), (1, 28, 28)).flatten(1).bool()
     for c in (0, 7):
         mine = voxelize(PointBatch.from_padded(pts[c : c + 1]), (1, 28, 28)).flatten(1).bool()[0]
@@ -45,7 +48,7 @@ def test_herding_with_one_pick_is_the_nearest_to_the_mean():
 
 
 def test_class_mean_topk_takes_the_most_occupied_cells(small):
-    pts, _ = init_synthetic("class_mean_topk", small, 10, (1, 28, 28), ipc=1, points=50, generator=torch.Generator().manual_seed(0))
+    pts, _ = init_synthetic("class_mean_topk", small, 10, MNIST, ipc=1, points=50, generator=torch.Generator().manual_seed(0))
     members = torch.nonzero(small.labels == 3).flatten()
     mean = voxelize(small.batch(members), (1, 28, 28)).mean(0).flatten()
     cells = (pts[3, :, 1] * 28 + pts[3, :, 2]).long()
@@ -55,14 +58,14 @@ def test_class_mean_topk_takes_the_most_occupied_cells(small):
 
 def test_project_pins_and_clamps():
     pts = torch.tensor([[[3.0, -2.0, 40.0], [0.5, 12.5, 27.4]]])
-    project(pts, (1, 28, 28))
+    MNIST.project(pts)
     assert pts.tolist() == [[[0.0, 0.0, 27.0], [0.0, 12.5, 27.0]]]
 
 
 def test_snap_keeps_the_heaviest_cells_as_distinct_points():
-    from tune_distill.data.base import PointBatch
-    from tune_distill.encoding import Encoding
-    from tune_distill.synthetic import snap
+    from tune_distill.core.types import PointBatch
+    from tune_distill.methods.encoding import Encoding
+    from tune_distill.methods.synthetic import snap
 
     # Two points half-way between cells: the splat has 4 half cells; rounding would render 2 pixels.
     pts = torch.tensor([[[0.0, 5.5, 5.0], [0.0, 9.0, 9.5], [0.0, 9.0, 9.5]]])

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from tune_distill.cli import main
-from tune_distill.errors import UserError
-from tune_distill.table import load_table
+from tune_distill.core.errors import UserError
+from tune_distill.recipe.table import load_table
 
 SPEC = {
     "name": "tiny",
@@ -70,7 +70,7 @@ def test_table_runs_cells_once_and_renders_from_disk(tmp_path, mnist_dir, capsys
     ({"rows": [{"label": "Ours", "preset": "quick"}, {"label": "ours", "preset": "quick"}]},
      "two rows have labels that make the same folder name 'ours'"),
     ({"rows": [{"label": "a", "preset": "quick"}, {"label": "b", "preset": "quick", "set": {"threshold": 100}}]},
-     "rows use different data [('mnist', 75), ('mnist', 100)]"),
+     "rows use different data (mnist threshold=100, mnist threshold=75)"),
     ({"rows": [3]}, "row 1 needs a label"),
     ({"protocol": 3}, "protocol must be a mapping, e.g. {lr: 0.1}; got 3"),
     ({"rows": [{"label": "x", "preset": "quick", "ipc_set": {1: 0.1}}]}, "row 'x': ipc_set for ipc 1 must be a mapping"),

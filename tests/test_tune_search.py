@@ -24,7 +24,7 @@ import yaml
 from plyfile import PlyData
 
 from tune_distill import UserError, load_results
-from tune_distill.artifacts import load_synthetic
+from tune_distill.recipe.artifacts import load_synthetic
 from tune_distill.cli import main
 from tune_distill.tune import search, space_from_dict
 from tune_distill.tune.results import BASE_FILE, SPACE_FILE, leaderboard
@@ -50,20 +50,19 @@ def seed_runs(trial_dir: Path) -> list[int]:
 
 
 def test_small_search_results_export_report(ray_cluster, mnist_dir, tmp_path, capsys):
-    # The config's own key ``objective`` (gradient or distribution matching) is searched beside
-    # the search's objective: its column is config/objective, and nothing shadows the metric.
+    # What is matched (gradient or distribution) is searched beside depth and lr.
     space = space_from_dict(tiny_space({"depth": {"choice": [2, 3]}, "lr": {"loguniform": [0.02, 0.5]},
-                                        "objective": {"choice": ["gradient", "distribution"]}},
+                                        "matching": {"choice": ["gradient", "distribution"]}},
                                        num_samples=3, objective="robust"))
     outcome = search(space, name="small", storage=tmp_path, data_dir=mnist_dir)
     assert not outcome.interrupted and outcome.finished == 3
     df = load_results("small", storage=tmp_path)
     assert list(df.columns) == [
-        "trial", "trial_id", "status", "depth", "lr", "config/objective", "seeds_done", "acc_seed0", "acc_seed1", "acc_mean", "acc_std",
+        "trial", "trial_id", "status", "depth", "lr", "matching", "seeds_done", "acc_seed0", "acc_seed1", "acc_mean", "acc_std",
         "acc_min", "objective", "best_seed", "seconds", "split", "synthetic", "error", "trial_dir"]
     assert df["trial"].tolist() == [1, 2, 3] and (df["status"] == "done").all()
     assert (df["seeds_done"] == 2).all() and df["trial_id"].is_unique
-    assert df["config/objective"].isin(["gradient", "distribution"]).all() and df["objective"].dtype == float
+    assert df["matching"].isin(["gradient", "distribution"]).all() and df["objective"].dtype == float
     accs = df[["acc_seed0", "acc_seed1"]].to_numpy()
     assert ((accs > 0.1) & (accs <= 1)).all()  # above chance: real trainings on real digits
     assert np.allclose(df["acc_mean"], accs.mean(1)) and np.allclose(df["acc_min"], accs.min(1))
@@ -101,7 +100,7 @@ def test_small_search_results_export_report(ray_cluster, mnist_dir, tmp_path, ca
     assert yaml.safe_load((folders[0] / "config.yaml").read_text())["seed"] == best["best_seed"]
     metrics = json.loads((folders[0] / "metrics.json").read_text())
     assert metrics["search"]["objective"] == pytest.approx(best["objective"])
-    assert metrics["search"]["params"] == {"depth": best["depth"], "lr": best["lr"], "objective": best["config/objective"]}
+    assert metrics["search"]["params"] == {"depth": best["depth"], "lr": best["lr"], "matching": best["matching"]}
     plys = sorted((folders[0] / "ply").glob("*.ply"))
     assert len(plys) == 10
     vertex = PlyData.read(str(folders[0] / "ply" / "class3_0.ply"))["vertex"]

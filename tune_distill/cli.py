@@ -14,17 +14,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
-from .config import Config, PRESETS, load_config_file, make_config, parse_assignments
-from .errors import UserError
+from .recipe.config import Config, PRESETS, load_config_file, make_config, parse_assignments
+from .core.errors import UserError
 
-# Baselines are runs without iterations. Real digits keep all their points (400 exceeds the
-# 250-point cap), so a baseline is the digit itself, not a subsample, also under a --config file
-# written for a distillation run; --set points=... still wins.
-BASELINES: dict[str, dict[str, Any]] = {
-    "random_real": {"init": "real", "points": 400},
-    "herding": {"init": "herding", "points": 400},
-    "class_mean_topk": {"init": "class_mean_topk"},
-}
+# Baselines are runs without iterations, named by the initialisation they evaluate. On MNIST
+# real digits keep all their points (400 exceeds the 250-point cap), so a baseline is the digit
+# itself, not a subsample, also under a --config file written for a distillation run; 3D shapes
+# keep the config's points per cloud (1,024: every point of a ModelNet shape). --set points=... wins.
+BASELINES: dict[str, str] = {"random_real": "real", "herding": "herding", "kcenter": "kcenter",
+                             "class_mean_topk": "class_mean_topk"}
+WHOLE_DIGIT = 400
 
 
 def _config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None, **forced: Any) -> Config:
@@ -54,36 +53,57 @@ def _fresh_out_dir(out: str | None, stem: str) -> Path:
     return path
 
 
-def _progress(total: int) -> tuple[Callable[[dict], None], Callable[[], None]]:
-    """A tqdm bar over distillation iterations, fed by ``run``'s report rows."""
+def _classifier(cfg: Config) -> str:
+    return "ConvNets" if cfg.dataset == "mnist" else "PointNets"
+
+
+def _progress(total: int, models: int) -> tuple[Callable[[dict], None], Callable[[], None]]:
+    """tqdm bars over distillation iterations, then over the evaluation's models, fed by ``run``'s
+    report rows (the evaluation is the longest phase of a run on a CPU)."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc="distilling", unit="it", dynamic_ncols=True, file=sys.stderr)
+    bars: dict[str, Any] = {}
+    if total:
+        bars["distill"] = tqdm(total=total, desc="distilling", unit="it", dynamic_ncols=True, file=sys.stderr)
 
     def report(row: dict) -> None:
-        if "loss" in row:
+        bar = bars.get("distill")
+        if "loss" in row and bar is not None:
             bar.update(row["iteration"] + 1 - bar.n)
             bar.set_postfix(loss=f"{row['loss']:.4g}", grad=f"{row['grad_abs']:.2g}", moved=f"{row['delta_abs']:.2g}")
         elif "acc_mean" in row:
-            bar.write(f"iteration {row['iteration']}: accuracy {100 * row['acc_mean']:.2f} ± {100 * row['acc_std']:.2f} %")
+            tqdm.write(f"iteration {row['iteration']}: accuracy {100 * row['acc_mean']:.2f} ± {100 * row['acc_std']:.2f} %",
+                       file=sys.stderr)
+        elif "eval_done" in row:
+            if "eval" not in bars:
+                if bar is not None:
+                    bar.close()
+                bars["eval"] = tqdm(total=row["eval_total"], desc="evaluating", unit="model", dynamic_ncols=True,
+                                    file=sys.stderr)
+            bars["eval"].update(row["eval_done"] - bars["eval"].n)
+            if row["eval_done"] == row["eval_total"]:
+                bars.pop("eval").close()
 
-    return report, bar.close
+    def close() -> None:
+        for bar in bars.values():
+            bar.close()
+
+    return report, close
 
 
 def _run_and_save(cfg: Config, args: argparse.Namespace, stem: str) -> int:
-    from .artifacts import save_run
-    from .data import load_dataset
-    from .run import run
+    from .recipe.artifacts import save_run
+    from .recipe.run import load_data, run
 
     out = _fresh_out_dir(args.out, stem)
-    data = load_dataset(cfg.dataset, args.data_dir, threshold=cfg.threshold)  # before any output
-    report, close = _progress(cfg.total_iterations)
+    data = load_data(cfg, args.data_dir)  # before any output
+    report, close = _progress(cfg.total_iterations, cfg.eval_models)
     try:
         result = run(cfg, report=report, data=data)
     finally:
         close()
     save_run(result, out)
-    print(f"accuracy ({result.split}, {cfg.eval_models} ConvNets x {cfg.eval_epochs} epochs): "
+    print(f"accuracy ({result.split}, {cfg.eval_models} {_classifier(cfg)} x {cfg.eval_epochs} epochs): "
           f"{100 * result.acc_mean:.2f} ± {100 * result.acc_std:.2f} %  "
           f"[{', '.join(f'{100 * a:.2f}' for a in result.accuracies)}]")
     print(f"time: {result.seconds:.1f} s (distillation {result.distill_seconds:.1f} s, "
@@ -100,9 +120,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_baseline(args: argparse.Namespace) -> int:
     if args.name not in BASELINES:
         raise UserError(f"unknown baseline {args.name!r}; choose one of: {', '.join(BASELINES)}")
-    baseline = BASELINES[args.name]
+    init = BASELINES[args.name]
     ipc = {"ipc": args.ipc} if args.ipc is not None else {}  # else the config's (or the preset's) ipc
-    cfg = _config_from_args(args, baseline, init=baseline["init"], iterations=0, **ipc)
+    cfg = _config_from_args(args, None, init=init, iterations=0, **ipc)
+    given = "points" in parse_assignments(args.set or [])
+    if cfg.dataset == "mnist" and init != "class_mean_topk" and not given:
+        cfg = cfg.replace(points=WHOLE_DIGIT)
     return _run_and_save(cfg, args, f"baseline-{args.name}-ipc{cfg.ipc}-seed{cfg.seed}")
 
 
@@ -230,17 +253,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from .table import check_selection, load_table, render_markdown, run_table
+    from .recipe.table import check_selection, load_table, render_markdown, run_table
 
     spec = load_table(args.spec)  # every cell's config validated before anything runs
     root = Path(args.storage or "results") / f"table-{spec.name}"
     rows = args.rows.split(",") if args.rows else None
     check_selection(spec, rows, args.ipc, args.seed)  # a typo fails with --no-run too
     if not args.no_run:
-        from .data import load_dataset
+        from .recipe.run import load_data
 
         first = spec.config(spec.rows[0], spec.ipcs[0], spec.seeds[0])
-        run_table(spec, root, lambda: load_dataset(first.dataset, args.data_dir, threshold=first.threshold),
+        run_table(spec, root, lambda: load_data(first, args.data_dir),
                   rows=rows, ipcs=args.ipc, seeds=args.seed, device=args.device,
                   log=lambda line: print(line, flush=True), progress=_progress)
     markdown = render_markdown(spec, root)

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from .base import Clouds, Dataset
+from ..core.errors import UserError
+from ..core.cache import cache_root
+from ..core.types import Clouds, Dataset, Domain
 
 ENV_VAR = "TUNE_DISTILL_DATA"
 FILES = {
@@ -37,8 +38,7 @@ NUM_CLASSES = 10
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tune_distill" / "mnist"
+    return cache_root() / "mnist"
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
@@ -153,9 +153,10 @@ def load_mnist(data_dir: str | os.PathLike | None = None, threshold: int = 75, d
 
     return Dataset(
         name="mnist",
-        grid_shape=GRID_SHAPE,
+        domain=Domain(len(GRID_SHAPE), GRID_SHAPE),
         num_classes=NUM_CLASSES,
         train=split("train"),
         test=split("t10k"),
         options={"threshold": threshold},
+        stratified_val=False,
     )

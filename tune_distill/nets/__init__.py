@@ -1,27 +1,46 @@
-"""Networks: the distillation families (sparse, dense) and the evaluation ConvNet, built from config."""
+"""Networks: the distillation families (sparse voxel, dense voxel, PointNet) and the evaluation classifiers."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ..config import Config
 from ..sparse.backend import get_backend
 from .convnet import ConvNet
-from .distill import DenseNet, SparseNet
+from .pointnet import PointNet
+from .voxel import DenseNet, SparseNet
 
 
-def build_distill_net(cfg: Config, in_channels: int, grid_shape: tuple[int, ...], num_classes: int,
+@dataclass(frozen=True)
+class NetSettings:
+    """A distillation network: its family and shape (the config keys of the same names)."""
+
+    family: str = "sparse"  # sparse | dense (voxel grids) | pointnet (coordinates)
+    depth: int = 2
+    width: int = 128
+    pooling: str = "max"
+    norm: str = "instance"
+    backend: str = "torch"  # sparse family: torch | minkowski | auto
+    second_order: str = "full"  # sparse family: full | truncated
+
+
+def build_distill_net(settings: NetSettings, in_channels: int, grid_shape: tuple[int, ...] | None, num_classes: int,
                       seed: int) -> torch.nn.Module:
-    """The distillation network named by ``cfg``, initialised reproducibly from ``seed``.
+    """The distillation network ``settings`` name, initialised reproducibly from ``seed``.
 
-    The global RNG is forked, so building a network never disturbs anyone else's random stream.
+    ``grid_shape`` is the voxel grid a sparse or dense network sees (unused by PointNet). The
+    global RNG is forked, so building a network never disturbs anyone else's random stream.
     """
+    s = settings
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if cfg.family == "sparse":
-            backend = get_backend(cfg.backend, truncated=cfg.second_order == "truncated")
-            return SparseNet(in_channels, num_classes, grid_shape, cfg.depth, cfg.width, cfg.pooling, cfg.norm, backend)
-        return DenseNet(in_channels, num_classes, grid_shape, cfg.depth, cfg.width, cfg.pooling, cfg.norm)
+        if s.family == "pointnet":
+            return PointNet(in_channels, num_classes, s.width, s.depth, s.norm, s.pooling)
+        if s.family == "sparse":
+            backend = get_backend(s.backend, truncated=s.second_order == "truncated")
+            return SparseNet(in_channels, num_classes, grid_shape, s.depth, s.width, s.pooling, s.norm, backend)
+        return DenseNet(in_channels, num_classes, grid_shape, s.depth, s.width, s.pooling, s.norm)
 
 
-__all__ = ["ConvNet", "DenseNet", "SparseNet", "build_distill_net"]
+__all__ = ["ConvNet", "DenseNet", "NetSettings", "PointNet", "SparseNet", "build_distill_net"]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 from . import ops
 from .tensor import SparseTensor
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .tensor import SparseTensor
 
 INSTALL_HINT = "install it with: python scripts/install_minkowski.py"

@@ -42,7 +42,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .objective import summarize
 from .space import SearchSpace, space_from_dict
 

@@ -33,8 +33,8 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import PRESETS, Config, make_config, read_yaml
-from ..errors import UserError
+from ..recipe.config import PRESETS, Config, make_config, read_yaml
+from ..core.errors import UserError
 
 MAX_SEED = 2**31 - 1  # Config.seed's upper bound
 # Config keys a space may not search: the seed is set per trial from the experiment seed, and

@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from ray import tune
 
-from ..artifacts import save_run
-from ..config import make_config
+from ..recipe.artifacts import save_run
+from ..recipe.config import make_config
 from ..data import Dataset
-from ..run import run
+from ..recipe.run import run
 from .objective import summarize
 
 STATE_FILE = "trial.json"  # in every checkpoint: the finished seeds

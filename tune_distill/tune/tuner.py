@@ -34,8 +34,9 @@ from typing import Any, Iterator
 import pandas as pd
 import yaml
 
-from ..data import load_dataset
-from ..errors import UserError
+from ..recipe.config import make_config
+from ..recipe.run import load_data
+from ..core.errors import UserError
 from .results import (BASE_FILE, SPACE_FILE, STUDY_FILE, list_experiments, load_results, read_base,
                       read_space, storage_dir)
 from .space import SearchSpace
@@ -330,7 +331,7 @@ def search(space: SearchSpace, *, name: str, storage: str | Path | None = None, 
     else:
         base = space.base_values()
     # Load the data before starting Ray: a missing file is a one-line error, not a failed trial.
-    data = load_dataset(base["dataset"], data_dir, threshold=base["threshold"])
+    data = load_data(make_config(base), data_dir)
 
     from ray import tune
 

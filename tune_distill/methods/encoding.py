@@ -10,7 +10,9 @@ image the evaluator renders (rounded points) while the gradient is the splat's, 
 distillation optimises exactly what will be evaluated.
 
 Both produce either a ``SparseTensor`` (sparse family) or a dense (B, C, *grid) tensor (dense
-family). Axes of extent one are pinned: nothing is spread along them.
+family). Axes of extent one are pinned: nothing is spread along them. ``points`` is what a
+point network reads: the coordinates themselves, (B, P, D), a ragged batch padded by repeating
+each cloud's points.
 """
 
 from __future__ import annotations
@@ -21,24 +23,26 @@ from dataclasses import dataclass
 
 import torch
 
-from .data.base import PointBatch
-from .sparse import CoordinateManager, SparseTensor, to_dense, unique_cells
+from ..core.types import PointBatch
+from ..sparse import CoordinateManager, SparseTensor, to_dense, unique_cells
 
 
 @dataclass(frozen=True)
 class Encoding:
     """A configured encoding; call it on a batch to get the network input."""
 
-    kind: str = "features"  # features | splat
+    kind: str = "features"  # features | splat | points
     kernel: str = "linear"  # splat: linear | gaussian
     sigma: float = 0.5  # splat: gaussian std in cells
     combine: str = "clamp"  # splat: clamp | soft_or
     straight_through: bool = False  # splat: forward the binary render, backward the splat
 
     def in_channels(self, dims: int) -> int:
-        return dims if self.kind == "features" else 1
+        return 1 if self.kind == "splat" else dims
 
     def __call__(self, batch: PointBatch, grid_shape: tuple[int, ...], sparse: bool) -> SparseTensor | torch.Tensor:
+        if self.kind == "points":
+            return batch.padded()
         if self.kind == "features":
             x = SparseTensor.from_points(batch.points, batch.batch, batch.points, batch.size, grid_shape)
             return x if sparse else to_dense(x)

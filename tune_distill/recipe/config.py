@@ -15,7 +15,7 @@ from typing import Any, Callable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import UserError
+from ..core.errors import UserError
 
 
 class Config(BaseModel):
@@ -24,19 +24,21 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # Data ---------------------------------------------------------------------------------
-    dataset: Literal["mnist"] = "mnist"
-    threshold: int = Field(75, ge=0, le=254, description="pixels above this (0..255) become points")
+    dataset: Literal["mnist", "modelnet10", "modelnet40"] = "mnist"
+    threshold: int = Field(75, ge=0, le=254, description="mnist: pixels above this (0..255) become points")
     real_cap: int | None = Field(250, ge=1, description="keep each real cloud's first N points (None: all)")
     val_size: int = Field(0, ge=0, le=30000, description="training clouds held out for validation")
 
     # Synthetic set ------------------------------------------------------------------------
     ipc: int = Field(1, ge=1, le=500, description="synthetic clouds per class")
     points: int = Field(250, ge=1, le=20000, description="points per synthetic cloud")
-    init: Literal["uniform", "gaussian", "real", "real_noise", "herding", "class_mean_topk"] = "uniform"
-    init_noise: float = Field(1.0, ge=0, le=10, description="std of the jitter (grid cells) for init=real_noise")
+    init: Literal["uniform", "gaussian", "real", "real_noise", "herding", "kcenter", "class_mean_topk"] = "uniform"
+    init_noise: float = Field(1.0, ge=0, le=10, description="std of the jitter (grid cells, or units of the unit ball) for init=real_noise")
 
     # How points reach the network -----------------------------------------------------------
-    encoding: Literal["features", "splat"] = "features"
+    encoding: Literal["features", "splat", "points"] = Field(
+        "features", description="features / splat: voxel networks (sparse, dense); points: family=pointnet")
+    voxel_res: int = Field(32, ge=4, le=128, description="3D shapes: cells per axis of a voxel network's grid")
     splat_kernel: Literal["linear", "gaussian"] = "linear"
     splat_sigma: float = Field(0.5, gt=0, le=4, description="std (cells) of the gaussian splat")
     splat_combine: Literal["clamp", "soft_or"] = "clamp"
@@ -45,7 +47,7 @@ class Config(BaseModel):
     snap_final: bool = Field(False, description="re-place points on the top-k cells of their splat after the last iteration")
 
     # Distillation network -------------------------------------------------------------------
-    family: Literal["sparse", "dense"] = "sparse"
+    family: Literal["sparse", "dense", "pointnet"] = "sparse"
     backend: Literal["torch", "minkowski", "auto"] = "torch"
     second_order: Literal["full", "truncated"] = Field(
         "full", description="truncated: sparse ops have no double backward, as in MinkowskiEngine"
@@ -53,7 +55,7 @@ class Config(BaseModel):
     depth: int = Field(2, ge=1, le=6)
     width: int = Field(128, ge=1, le=1024)
     pooling: Literal["max", "avg"] = "max"
-    norm: Literal["none", "instance"] = "instance"
+    norm: Literal["none", "instance", "batch"] = Field("instance", description="batch: pointnet only")
     network: Literal["fixed", "resample", "pretrained"] = "fixed"
     pretrain_steps: int = Field(100, ge=0, le=100000, description="real-data SGD steps for network=pretrained")
     pretrain_refresh: int = Field(50, ge=1, description="re-pretrain a fresh network every N iterations")
@@ -62,7 +64,7 @@ class Config(BaseModel):
     lr_net: float = Field(0.01, gt=0, le=10)
 
     # Objective ------------------------------------------------------------------------------
-    objective: Literal["gradient", "distribution"] = "gradient"
+    matching: Literal["gradient", "distribution"] = "gradient"
     distance: Literal["sum_of_squares", "layerwise_cosine", "mse", "cosine"] = "sum_of_squares"
     ce_weight: float = Field(
         0.0, ge=0, le=100,
@@ -111,8 +113,9 @@ class Config(BaseModel):
     eval_lr: float = Field(0.01, gt=0, le=10)
     eval_batch: int = Field(256, ge=1)
     eval_augment: bool = True
+    eval_rotate: bool = Field(False, description="3D: also rotate training clouds about the up axis")
     eval_split: Literal["test", "val"] = Field("test", description="val needs val_size > 0")
-    eval_test_size: int | None = Field(None, ge=1, description="evaluate on the first N digits (None: all)")
+    eval_test_size: int | None = Field(None, ge=1, description="evaluate on the first N clouds of each split (None: all)")
     eval_at: list[int] = Field(default_factory=list, description="also evaluate at these iterations")
 
     # Run ------------------------------------------------------------------------------------
@@ -134,6 +137,15 @@ class Config(BaseModel):
                              f"(the experts' last checkpoint); lower them or train experts longer")
         if self.tm_iterations and self.encoding != "splat":
             raise ValueError("trajectory matching trains on the splatted image: set encoding=splat, or tm_iterations=0")
+        if (self.family == "pointnet") != (self.encoding == "points"):
+            raise ValueError("family=pointnet reads coordinates: set family=pointnet with encoding=points "
+                             "(voxel families take encoding=features or splat)")
+        if self.norm == "batch" and self.family != "pointnet":
+            raise ValueError("norm=batch is for family=pointnet; voxel networks take none or instance")
+        if self.dataset != "mnist":
+            image_only = [k for k in ("snap_every", "snap_final", "straight_through", "tm_iterations") if getattr(self, k)]
+            if image_only:
+                raise ValueError(f"{image_only[0]} works on image datasets (mnist) only; turn it off for {self.dataset}")
         return self
 
     @property
@@ -184,9 +196,15 @@ def _fields_help(key: str) -> str:
     return ""
 
 
+# Keys that were renamed: an old config file gets a one-line error naming the new key.
+RENAMED = {"objective": "matching"}
+
+
 def _one_line(error: ValidationError) -> str:
     first = error.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or None
+    if first["type"] == "extra_forbidden" and loc in RENAMED:
+        return f"config key {loc!r} is now called {RENAMED[loc]!r}; rename it (same values)"
     if first["type"] == "extra_forbidden":
         close = difflib.get_close_matches(str(loc), list(Config.model_fields), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(Config.model_fields)}"

@@ -1,9 +1,9 @@
 """The distillation loop: move synthetic points so that they match real data under random networks.
 
-Per iteration (DC's schedule, with the paper's defaults of one outer and one inner step): clamp
-the points into the grid, pick the network (one fixed for the run, a fresh one, or a freshly
-pretrained one every few iterations), then for each outer step accumulate over classes the
-matching loss between a real batch of the class and the class's synthetic clouds, take one
+Per iteration (DC's schedule, with the paper's defaults of one outer and one inner step): keep
+the points inside their domain, pick the network (one fixed for the run, a fresh one, or a
+freshly pretrained one every few iterations), then for each outer step accumulate over classes
+the matching loss between a real batch of the class and the class's synthetic clouds, take one
 optimizer step on the coordinates, and (between outer steps) train the network on the synthetic
 set for ``inner_loop`` steps.
 """
@@ -11,27 +11,56 @@ set for ``inner_loop`` steps.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.seeding import stream
+from ..core.types import Clouds, Domain, PointBatch
+from ..nets import NetSettings, build_distill_net
 from .augment import sample_transform
-from .config import Config
-from .data.base import Clouds, PointBatch
 from .encoding import Encoding
 from .matching import distribution_match, gradient_match
-from .nets import build_distill_net
-from .synthetic import project, snap
+from .synthetic import snap
 
 Report = Callable[[dict], None]
 
 
-def stream(seed: int, name: str) -> int:
-    """A reproducible 63-bit seed for one named random stream of a run."""
-    words = np.random.SeedSequence([seed, *name.encode()]).generate_state(2, np.uint32)
-    return int(words[0]) << 31 | int(words[1]) >> 1
+@dataclass(frozen=True)
+class DistillSettings:
+    """How the synthetic points are optimised (the config keys of the same names)."""
+
+    seed: int = 0
+    iterations: int = 1250
+    matching: str = "gradient"  # gradient | distribution
+    distance: str = "sum_of_squares"
+    dm_var_weight: float = 0.0
+    ce_weight: float = 0.0
+    encoding: Encoding = field(default_factory=Encoding)
+    voxel_res: int = 32  # voxel networks on the unit ball: cells per axis
+    network: str = "fixed"  # fixed | resample | pretrained
+    pretrain_steps: int = 100
+    pretrain_refresh: int = 50
+    outer_loop: int = 1
+    inner_loop: int = 1
+    lr_net: float = 0.01
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.5
+    lr_schedule: str = "constant"
+    batch_real: int = 256
+    real_cap: int | None = 250
+    augment: bool = False
+    aug_rotate: float = 15.0
+    aug_scale: float = 0.1
+    aug_translate: float = 0.1
+    aug_jitter: float = 0.0
+    snap_every: int = 0
+    snap_final: bool = False
+    log_every: int = 10
+    eval_at: tuple[int, ...] = ()
 
 
 class IterationLog:
@@ -62,17 +91,13 @@ class IterationLog:
             self.report(dict(row))
 
 
-def encoding_of(cfg: Config) -> Encoding:
-    return Encoding(cfg.encoding, cfg.splat_kernel, cfg.splat_sigma, cfg.splat_combine, cfg.straight_through)
-
-
-def snap_points(cfg: Config, syn: torch.Tensor, grid_shape: tuple[int, ...]) -> None:
+def snap_points(encoding: Encoding, syn: torch.Tensor, grid_shape: tuple[int, ...]) -> None:
     """Move every point of ``syn`` onto distinct top cells of its cloud's soft splat (see ``snap``).
 
-    The splat is the config's (kernel, sigma, combine) whatever encoding the matching uses:
+    The splat is the settings' (kernel, sigma, combine) whatever encoding the matching uses:
     snapping is about the evaluator's binary render, not the network's input.
     """
-    soft = Encoding("splat", cfg.splat_kernel, cfg.splat_sigma, cfg.splat_combine)
+    soft = Encoding("splat", encoding.kernel, encoding.sigma, encoding.combine)
     with torch.no_grad():
         occupancy = soft(PointBatch.from_padded(syn), grid_shape, sparse=False)[:, 0]
         syn.copy_(snap(syn, occupancy))
@@ -81,7 +106,8 @@ def snap_points(cfg: Config, syn: torch.Tensor, grid_shape: tuple[int, ...]) -> 
 class _Networks:
     """The distillation network policy: fixed, resampled every iteration, or periodically pretrained."""
 
-    def __init__(self, cfg: Config, make: Callable[[int], torch.nn.Module], pretrain: Callable[[torch.nn.Module, int], None]):
+    def __init__(self, cfg: DistillSettings, make: Callable[[int], torch.nn.Module],
+                 pretrain: Callable[[torch.nn.Module, int], None]):
         self.cfg, self.make, self.pretrain = cfg, make, pretrain
         self.net: torch.nn.Module | None = None
 
@@ -99,10 +125,11 @@ class _Networks:
 
 
 def distill(
-    cfg: Config,
+    cfg: DistillSettings,
+    net_settings: NetSettings,
     clouds: Clouds,
     num_classes: int,
-    grid_shape: tuple[int, ...],
+    domain: Domain,
     syn: torch.Tensor,
     device: torch.device,
     report: Report | None = None,
@@ -113,16 +140,17 @@ def distill(
     ``clouds`` are the real training clouds the distillation may see (never validation or test).
     ``evaluate_at(iteration, points)`` is called at each iteration listed in ``cfg.eval_at``.
     """
-    enc = encoding_of(cfg)
-    sparse = cfg.family == "sparse"
-    in_channels = enc.in_channels(len(grid_shape))
+    enc = cfg.encoding
+    sparse = net_settings.family == "sparse"
+    grid_shape, scale, offset = domain.voxels(cfg.voxel_res)
+    in_channels = enc.in_channels(domain.dims)
     clouds = clouds.to(device)
     by_class = [torch.nonzero(clouds.labels == c).flatten() for c in range(num_classes)]
     real_gen = torch.Generator().manual_seed(stream(cfg.seed, "real"))
     aug_gen = torch.Generator().manual_seed(stream(cfg.seed, "augment"))
 
     def encode(batch: PointBatch):
-        return enc(batch, grid_shape, sparse)
+        return enc(batch.affine(scale, offset), grid_shape, sparse)
 
     def real_batch(c: int, n: int) -> PointBatch:
         members = by_class[c]
@@ -130,7 +158,7 @@ def distill(
         return clouds.batch(pick, cfg.real_cap)
 
     def make(seed: int) -> torch.nn.Module:
-        return build_distill_net(cfg, in_channels, grid_shape, num_classes, seed).to(device)
+        return build_distill_net(net_settings, in_channels, grid_shape, num_classes, seed).to(device)
 
     def pretrain(net: torch.nn.Module, seed: int) -> None:
         """Train a fresh network on real batches of all classes (the paper's proposed future work)."""
@@ -149,14 +177,14 @@ def distill(
            else torch.optim.Adam([syn], lr=cfg.lr))
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.iterations))
                 if cfg.lr_schedule == "cosine" else None)
-    ipc = cfg.ipc
+    ipc = len(syn) // num_classes
     log = IterationLog(cfg.log_every, cfg.iterations, report)
     for it in range(cfg.iterations):
         if evaluate_at is not None and it in cfg.eval_at:
             evaluate_at(it, syn.detach())
-        project(syn, grid_shape)
+        domain.project(syn)
         if cfg.snap_every and it > 0 and it % cfg.snap_every == 0:
-            snap_points(cfg, syn, grid_shape)
+            snap_points(enc, syn, grid_shape)
             opt.state.clear()  # momentum belonged to the points' old places
         net = networks.at(it)
         for outer in range(cfg.outer_loop):
@@ -165,16 +193,16 @@ def distill(
                 real = real_batch(c, cfg.batch_real)
                 mine = PointBatch.from_padded(syn[c * ipc : (c + 1) * ipc])
                 if cfg.augment:
-                    t = sample_transform(grid_shape, cfg.aug_rotate, cfg.aug_scale, cfg.aug_translate,
-                                         cfg.aug_jitter, aug_gen)
+                    t = sample_transform(domain, cfg.aug_rotate, cfg.aug_scale, cfg.aug_translate, cfg.aug_jitter,
+                                         aug_gen)
                     real, mine = t(real), t(mine)
-                    if not _any_inside(mine, grid_shape):
+                    if domain.grid_shape is not None and not _any_inside(mine, grid_shape):
                         # Points are clamped into the grid, so only a cloud collapsed onto its border
                         # can be moved wholly outside it; it would have no splat to match.
                         raise FloatingPointError(f"class {c}'s synthetic points all sit on the grid's border, and the "
                                                  f"augmentation moved every one outside it at iteration {it}; lower lr")
                 y_syn = torch.full((ipc,), c, device=device)
-                if cfg.objective == "gradient":
+                if cfg.matching == "gradient":
                     y_real = torch.full((real.size,), c, device=device)
                     loss = loss + gradient_match(net, encode(real), y_real, encode(mine), y_syn, cfg.distance)
                 else:
@@ -183,8 +211,7 @@ def distill(
                     if cfg.ce_weight:
                         # Means alone let a synthetic cloud sit between classes as long as the
                         # class average is right; a pretrained network's cross-entropy pulls
-                        # each cloud toward its own class (IDM's class-aware regulariser). At
-                        # 10 clouds per class it cost accuracy (README, the IPC 10 probes).
+                        # each cloud toward its own class (IDM's class-aware regulariser).
                         loss = loss + cfg.ce_weight * F.cross_entropy(net(syn_input), y_syn)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"matching loss is {loss.item()} at iteration {it}; lower lr")
@@ -203,9 +230,9 @@ def distill(
             schedule.step()
         if log.due(it):
             log.add(it, loss=loss.item(), grad_abs=grad_abs, delta_abs=delta_abs)
-    project(syn, grid_shape)
+    domain.project(syn)
     if cfg.snap_final and cfg.iterations > 0:  # a baseline (no iterations) stays the real clouds it picked
-        snap_points(cfg, syn, grid_shape)
+        snap_points(enc, syn, grid_shape)
     syn.requires_grad_(False)
     return log.rows
 

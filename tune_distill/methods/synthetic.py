@@ -1,41 +1,54 @@
 """The learnable synthetic set: IPC clouds per class of P points each, and how it starts.
 
 Initialisation strategies:
-- ``uniform``: uniform over the grid (the paper);
-- ``gaussian``: a gaussian blob around the grid centre (std one sixth of each axis);
+- ``uniform``: uniform over the grid (the paper) or the unit ball's bounding cube, then projected;
+- ``gaussian``: a gaussian blob around the domain's centre (std one sixth of each axis);
 - ``real``: a random real cloud of the class, resampled to P points;
 - ``real_noise``: the same plus gaussian jitter of ``init_noise`` cells;
-- ``herding``: real clouds chosen greedily so that their mean image tracks the class mean
+- ``herding``: real clouds chosen greedily so that their mean occupancy tracks the class mean
   (Welling's herding; with IPC 1, the cloud nearest the class mean);
+- ``kcenter``: real clouds chosen greedily to cover the class (k-center greedy: the cloud
+  nearest the class mean, then each time the cloud farthest from every chosen one);
 - ``class_mean_topk``: the P most occupied cells of the class mean (with IPC > 1, of the means
   of IPC k-means clusters of the class).
 
-``project`` is applied at the start of every iteration, as the paper does: axes of extent one
-are pinned at 0, the others clamped to the grid.
+The feature space of herding, k-center and class-mean top-k is occupancy: of the image grid
+(MNIST's pixels), or of a ``feature_res``-cubed voxel grid over the unit ball for 3D shapes.
+Points are kept in their domain (``Domain.project``) at the start of every iteration, as the
+paper does.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .data.base import Clouds, voxelize
+from ..core.types import Clouds, Domain, voxelize
 
-INITS = ("uniform", "gaussian", "real", "real_noise", "herding", "class_mean_topk")
-
-
-def project(points: torch.Tensor, grid_shape: tuple[int, ...]) -> None:
-    """Clamp (in place) every coordinate into the grid; pinned axes to 0."""
-    with torch.no_grad():
-        for axis, extent in enumerate(grid_shape):
-            points[..., axis].clamp_(0, extent - 1)
+INITS = ("uniform", "gaussian", "real", "real_noise", "herding", "kcenter", "class_mean_topk")
 
 
-def _occupancy(clouds: Clouds, indices: torch.Tensor, grid_shape: tuple[int, ...], cap: int | None) -> torch.Tensor:
-    """Flattened occupancy grids (len(indices), cells) of the given clouds, in chunks."""
+def _occupancy(clouds: Clouds, indices: torch.Tensor, grid: tuple[tuple[int, ...], float, float],
+               cap: int | None) -> torch.Tensor:
+    """Flattened occupancy grids (len(indices), cells) of the given clouds, in chunks; ``grid`` is
+    ``(grid_shape, scale, offset)`` as ``Domain.voxels`` gives it."""
+    shape, scale, offset = grid
     rows = []
     for chunk in indices.split(4096):
-        rows.append(voxelize(clouds.batch(chunk, cap), grid_shape).flatten(1))
+        rows.append(voxelize(clouds.batch(chunk, cap).affine(scale, offset), shape).flatten(1))
     return torch.cat(rows)
+
+
+def kcenter(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of k rows by k-center greedy: the row nearest the mean, then each time the row
+    farthest from all chosen ones."""
+    first = int(((features - features.mean(0)) ** 2).sum(1).argmin())
+    chosen = [first]
+    nearest = torch.cdist(features, features[first : first + 1]).flatten()
+    for _ in range(1, k):
+        j = int(nearest.argmax())
+        chosen.append(j)
+        nearest = torch.minimum(nearest, torch.cdist(features, features[j : j + 1]).flatten())
+    return torch.tensor(chosen, dtype=torch.long)
 
 
 def herding(features: torch.Tensor, k: int) -> torch.Tensor:
@@ -83,24 +96,30 @@ def init_synthetic(
     kind: str,
     clouds: Clouds,
     num_classes: int,
-    grid_shape: tuple[int, ...],
+    domain: Domain,
     ipc: int,
     points: int,
     generator: torch.Generator,
     noise: float = 1.0,
     cap: int | None = None,
+    feature_res: int = 16,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Initial synthetic points (num_classes * ipc, points, D) and labels, grouped by class."""
+    """Initial synthetic points (num_classes * ipc, points, D) and labels, grouped by class.
+
+    ``noise`` is ``real_noise``'s jitter (cells, or units of the ball); ``feature_res`` the
+    voxel grid of the occupancy features on the unit ball.
+    """
     if kind not in INITS:
         raise ValueError(f"unknown init {kind!r}; choose one of {INITS}")
-    d = len(grid_shape)
-    extent = torch.tensor(grid_shape, dtype=torch.float32)
+    d = domain.dims
+    low, high = domain.low, domain.high
     labels = torch.arange(num_classes).repeat_interleave(ipc)
     n = num_classes * ipc
+    grid = domain.voxels(feature_res)
     if kind == "uniform":
-        out = torch.rand(n, points, d, generator=generator) * extent
+        out = low + torch.rand(n, points, d, generator=generator) * (high - low)
     elif kind == "gaussian":
-        out = (extent - 1) / 2 + torch.randn(n, points, d, generator=generator) * extent / 6
+        out = domain.centre + torch.randn(n, points, d, generator=generator) * (high - low) / 6
     else:
         per_class = []
         for c in range(num_classes):
@@ -108,17 +127,19 @@ def init_synthetic(
             if kind in ("real", "real_noise"):
                 pick = members[torch.randperm(len(members), generator=generator)[:ipc]]
                 per_class.append(clouds.padded(pick, points, generator))
-            elif kind == "herding":
-                feats = _occupancy(clouds, members, grid_shape, cap)
-                per_class.append(clouds.padded(members[herding(feats, ipc)], points, generator))
+            elif kind in ("herding", "kcenter"):
+                feats = _occupancy(clouds, members, grid, cap)
+                choose = herding if kind == "herding" else kcenter
+                per_class.append(clouds.padded(members[choose(feats, ipc)], points, generator))
             else:  # class_mean_topk
-                feats = _occupancy(clouds, members, grid_shape, cap)
+                feats = _occupancy(clouds, members, grid, cap)
                 means = feats.mean(0, keepdim=True) if ipc == 1 else _kmeans_means(feats, ipc)
-                per_class.append(torch.stack([_top_cells(m, grid_shape, points, generator) for m in means]))
+                cells = torch.stack([_top_cells(m, grid[0], points, generator) for m in means])
+                per_class.append((cells - grid[2]) / grid[1])
         out = torch.cat(per_class)
         if kind == "real_noise":
             out = out + noise * torch.randn(out.shape, generator=generator)
-    project(out, grid_shape)
+    domain.project(out)
     return out.contiguous(), labels
 
 

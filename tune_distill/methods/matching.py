@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .sparse import SparseTensor
+from ..sparse import SparseTensor
 
 DISTANCES = ("sum_of_squares", "layerwise_cosine", "mse", "cosine")
 

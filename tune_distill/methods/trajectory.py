@@ -18,27 +18,56 @@ trained once and cached on disk (as MTT's expert buffer); every seed and trial s
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from .cache import cache_path, cached
-from .config import Config
-from .data.base import Clouds, PointBatch
-from .distill import IterationLog, Report, encoding_of, snap_points, stream
-from .evaluate import dc_augment, render
-from .nets import ConvNet
-from .synthetic import project
+from ..core.cache import cache_path, cached
+from ..core.seeding import stream
+from ..core.types import Clouds, Domain, PointBatch
+from ..data.image import dc_augment, render
+from ..nets import ConvNet
+from .encoding import Encoding
+from .loop import IterationLog, Report, snap_points
 
 Trajectory = list[list[torch.Tensor]]  # checkpoints, each the network's parameters in order
+EXPERT_CODE = ("methods.trajectory", "nets.convnet", "data.image", "core.types")  # what trains the experts
 
 
-def _expert_spec(cfg: Config) -> dict:
-    """What the experts depend on besides the real clouds they train on: their own settings."""
-    keys = ("dataset", "threshold", "real_cap", "val_size", "width", "depth", "eval_batch",
-            "tm_experts", "tm_expert_steps", "tm_expert_every", "tm_expert_lr")
-    return {k: getattr(cfg, k) for k in keys}
+@dataclass(frozen=True)
+class TrajectorySettings:
+    """Trajectory matching's settings (the ``tm_*`` config keys and the few others it reads)."""
+
+    seed: int = 0
+    first_iteration: int = 0  # history rows continue the distillation's count
+    iterations: int = 0
+    experts: int = 4
+    expert_steps: int = 800
+    expert_every: int = 50
+    expert_lr: float = 0.03
+    expert_batch: int = 256
+    width: int = 128
+    depth: int = 3
+    syn_steps: int = 10
+    span: int = 2
+    max_start: int = 8
+    lr: float = 0.01
+    syn_lr: float = 0.03
+    lr_lr: float = 0.01
+    real_cap: int | None = 250
+    augment: bool = False
+    encoding: Encoding = Encoding("splat")
+    snap_final: bool = False
+    log_every: int = 10
+
+
+def _expert_spec(cfg: TrajectorySettings, data_id: dict) -> dict:
+    """What the experts depend on besides the real clouds they train on: their own settings, the
+    data's identity and the code that trains them."""
+    keys = ("real_cap", "width", "depth", "expert_batch", "experts", "expert_steps", "expert_every", "expert_lr")
+    return {k: getattr(cfg, k) for k in keys} | data_id
 
 
 def _images(clouds: Clouds, cap: int | None, grid_shape: tuple[int, ...], chunk: int = 5000) -> torch.Tensor:
@@ -46,65 +75,70 @@ def _images(clouds: Clouds, cap: int | None, grid_shape: tuple[int, ...], chunk:
                       for i in range(0, len(clouds), chunk)])
 
 
-def train_experts(cfg: Config, clouds: Clouds, grid_shape: tuple[int, ...], num_classes: int) -> list[Trajectory]:
-    """``tm_experts`` trajectories on the real clouds, from the disk cache when it has them.
+def train_experts(cfg: TrajectorySettings, clouds: Clouds, grid_shape: tuple[int, ...], num_classes: int,
+                  data_id: dict | None = None) -> list[Trajectory]:
+    """``experts`` trajectories on the real clouds, from the disk cache when it has them.
 
-    Trained on the CPU: the cache is shared by every device, and CPU runs are reproducible.
+    ``data_id`` names the data (dataset and its options) in the cache key. Trained on the CPU:
+    the cache is shared by every device, and CPU runs are reproducible.
     """
-    return cached(cache_path("experts", _expert_spec(cfg), clouds),
+    return cached(cache_path("experts", _expert_spec(cfg, data_id or {}), clouds, EXPERT_CODE),
                   lambda: _train_experts(cfg, clouds, grid_shape, num_classes))
 
 
-def _train_experts(cfg: Config, clouds: Clouds, grid_shape: tuple[int, ...], num_classes: int) -> list[Trajectory]:
+def _train_experts(cfg: TrajectorySettings, clouds: Clouds, grid_shape: tuple[int, ...], num_classes: int) -> list[Trajectory]:
     images, labels = _images(clouds.to("cpu"), cfg.real_cap, grid_shape), clouds.labels.cpu()
     experts = []
-    for e in range(cfg.tm_experts):
+    for e in range(cfg.experts):
         seed = stream(0, f"expert/{e}")  # not the run's seed: experts are shared by all runs
         gen = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = ConvNet(images.shape[1], num_classes, images.shape[-1], cfg.width, cfg.depth)
-        opt = torch.optim.SGD(net.parameters(), lr=cfg.tm_expert_lr)
+        opt = torch.optim.SGD(net.parameters(), lr=cfg.expert_lr)
         trajectory = [[p.detach().clone() for p in net.parameters()]]
-        for step in range(1, cfg.tm_expert_steps + 1):
-            idx = torch.randint(len(images), (cfg.eval_batch,), generator=gen)
+        for step in range(1, cfg.expert_steps + 1):
+            idx = torch.randint(len(images), (cfg.expert_batch,), generator=gen)
             loss = F.cross_entropy(net(dc_augment(images[idx], gen)), labels[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
-            if step % cfg.tm_expert_every == 0:
+            if step % cfg.expert_every == 0:
                 trajectory.append([p.detach().clone() for p in net.parameters()])
         experts.append(trajectory)
     return experts
 
 
-def match_trajectories(cfg: Config, clouds: Clouds, num_classes: int, grid_shape: tuple[int, ...],
+def match_trajectories(cfg: TrajectorySettings, clouds: Clouds, num_classes: int, domain: Domain,
                        syn: torch.Tensor, labels: torch.Tensor, device: torch.device,
-                       report: Report | None = None) -> list[dict]:
-    """Refine ``syn`` (num_classes * ipc, P, D) in place for ``tm_iterations``; return the history.
+                       report: Report | None = None, data_id: dict | None = None) -> list[dict]:
+    """Refine ``syn`` (num_classes * ipc, P, D) in place for ``iterations``; return the history.
 
-    History rows continue ``distill``'s iteration count and carry the student's learnt step size.
+    Needs an image grid domain (the experts are image ConvNets). History rows continue
+    ``distill``'s iteration count and carry the student's learnt step size.
     """
-    experts = [[[p.to(device) for p in ckpt] for ckpt in t] for t in train_experts(cfg, clouds, grid_shape, num_classes)]
-    enc = encoding_of(cfg)
+    grid_shape = domain.grid_shape
+    experts = [[[p.to(device) for p in ckpt] for ckpt in t]
+               for t in train_experts(cfg, clouds, grid_shape, num_classes, data_id)]
+    enc = cfg.encoding
     free = [g for g in grid_shape if g > 1]
     with torch.random.fork_rng(devices=[]):
         net = ConvNet(1, num_classes, free[-1], cfg.width, cfg.depth).to(device)  # parameters come from experts
     names = [name for name, _ in net.named_parameters()]
     gen = torch.Generator().manual_seed(stream(cfg.seed, "trajectory"))
     labels = labels.to(device)
-    log_lr = torch.tensor(math.log(cfg.tm_syn_lr), device=device, requires_grad=True)
+    log_lr = torch.tensor(math.log(cfg.syn_lr), device=device, requires_grad=True)
     syn.requires_grad_(True)
-    opt = torch.optim.Adam([syn], lr=cfg.tm_lr)
-    opt_lr = torch.optim.Adam([log_lr], lr=cfg.tm_lr_lr)
-    log = IterationLog(cfg.log_every, cfg.tm_iterations, report, first=cfg.iterations)
-    for it in range(cfg.tm_iterations):
+    opt = torch.optim.Adam([syn], lr=cfg.lr)
+    opt_lr = torch.optim.Adam([log_lr], lr=cfg.lr_lr)
+    log = IterationLog(cfg.log_every, cfg.iterations, report, first=cfg.first_iteration)
+    for it in range(cfg.iterations):
         trajectory = experts[int(torch.randint(len(experts), (1,), generator=gen))]
-        t = int(torch.randint(cfg.tm_max_start + 1, (1,), generator=gen))
-        start, target = trajectory[t], trajectory[t + cfg.tm_span]
+        t = int(torch.randint(cfg.max_start + 1, (1,), generator=gen))
+        start, target = trajectory[t], trajectory[t + cfg.span]
         params = [p.clone().requires_grad_(True) for p in start]
         images = enc(PointBatch.from_padded(syn), grid_shape, False).reshape(len(syn), 1, *free)
-        for _ in range(cfg.tm_syn_steps):
+        for _ in range(cfg.syn_steps):
             x = dc_augment(images, gen) if cfg.augment else images
             out = functional_call(net, dict(zip(names, params)), (x,))
             grads = torch.autograd.grad(F.cross_entropy(out, labels), params, create_graph=True)
@@ -122,11 +156,11 @@ def match_trajectories(cfg: Config, clouds: Clouds, num_classes: int, grid_shape
         opt.step()
         opt_lr.step()
         with torch.no_grad():
-            project(syn, grid_shape)
+            domain.project(syn)
         if log.due(it):
             log.add(it, loss=loss.item(), grad_abs=grad_abs, delta_abs=(syn.detach() - before).abs().mean().item(),
                     tm_syn_lr=log_lr.exp().item())
     if cfg.snap_final:
-        snap_points(cfg, syn, grid_shape)
+        snap_points(enc, syn, grid_shape)
     syn.requires_grad_(False)
     return log.rows

@@ -2,8 +2,8 @@
 
 As in DSA, one random transform is drawn per matching step and applied to both the real batch
 and the synthetic clouds of a class, so matching compares like with like; the transform is a
-smooth function of the coordinates, so gradients pass through it. Rotation is in the plane of the
-last two free axes (the image plane for MNIST), about the grid centre.
+smooth function of the coordinates, so gradients pass through it. Rotation is in the domain's
+rotation plane (the image plane for MNIST, about the up axis for 3D shapes), about its centre.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data.base import PointBatch
+from ..core.types import Domain, PointBatch
 
 
 @dataclass(frozen=True)
@@ -37,25 +37,27 @@ class PointTransform:
         return PointBatch(p, batch.batch, batch.size)
 
 
-def sample_transform(grid_shape: tuple[int, ...], rotate: float, scale: float, translate: float, jitter: float,
+def sample_transform(domain: Domain, rotate: float, scale: float, translate: float, jitter: float,
                      generator: torch.Generator) -> PointTransform:
     """Draw one transform: rotation in [-rotate, rotate] degrees, per-axis scale in [1-scale, 1+scale],
-    shift up to ``translate`` of each axis, jitter of std ``jitter`` cells."""
-    d = len(grid_shape)
-    free = [i for i, g in enumerate(grid_shape) if g > 1]
+    shift up to ``translate`` of each axis's extent (the grid's size, the ball's diameter), jitter
+    of std ``jitter`` (cells, or units of the ball's frame)."""
+    d = domain.dims
+    free = domain.free
     u = torch.rand(3 + 2 * d, generator=generator) * 2 - 1  # uniform in [-1, 1]
     matrix = torch.zeros(d, d)
     for i in free:
         matrix[i, i] = 1 + scale * float(u[3 + i])
-    if len(free) >= 2:
-        a, b = free[-2], free[-1]
+    plane = domain.rotation_plane
+    if plane is not None:
+        a, b = plane
         t = math.radians(rotate) * float(u[0])
         rot = torch.eye(d)
         rot[a, a], rot[a, b], rot[b, a], rot[b, b] = math.cos(t), -math.sin(t), math.sin(t), math.cos(t)
         matrix = rot @ matrix
-    extent = torch.tensor(grid_shape, dtype=torch.float32)
+    extent = domain.high - domain.low
     shift = torch.zeros(d)
     for i in free:
         shift[i] = translate * float(u[3 + d + i]) * extent[i]
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-    return PointTransform(matrix, shift, (extent - 1) / 2, jitter, seed)
+    return PointTransform(matrix, shift, domain.centre, jitter, seed)

@@ -9,7 +9,8 @@ Entries are keyed by a hash of everything they depend on, torch's CPU thread cou
 CPU run is reproducible at a given thread count, but another count sums floats in another order
 and training drifts apart (after 50 steps an expert's weights differ by 3 % of the largest one
 between 1 and 2 threads), and an entry must be exactly what the run would have computed. They
-are never invalidated: after changing the code that produces them, delete the folder.
+also carry ``code_version`` of the modules that produce them, so an entry written by other code
+(an older or newer checkout) is never reused: it is simply not found, and recomputed.
 """
 
 from __future__ import annotations
@@ -22,19 +23,43 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-from .data.base import Clouds
-from .data.mnist import default_cache_dir
+from .types import Clouds
 
 T = TypeVar("T")
 
 
-def cache_path(kind: str, spec: dict[str, Any], clouds: Clouds) -> Path:
+PACKAGE = Path(__file__).resolve().parents[1]  # the tune_distill folder
+
+
+def code_version(*modules: str) -> str:
+    """A hash of the source of the named modules or packages of tune_distill (e.g. ``"methods"``,
+    ``"nets.convnet"``): any edit to them gives another version."""
+    digest = hashlib.sha256()
+    for name in sorted(modules):
+        path = PACKAGE.joinpath(*name.split("."))
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path.with_suffix(".py")]
+        if not files or not all(f.is_file() for f in files):
+            raise ValueError(f"code_version: no module tune_distill.{name}")
+        for f in files:
+            digest.update(str(f.relative_to(PACKAGE)).encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    """``$XDG_CACHE_HOME/tune_distill`` (``~/.cache`` without it): downloads and cached results."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tune_distill"
+
+
+def cache_path(kind: str, spec: dict[str, Any], clouds: Clouds, code: tuple[str, ...]) -> Path:
     """Where the ``kind`` entry computed from ``clouds`` lives; ``spec`` (JSON-serialisable) is all
-    else it depends on. Every entry is keyed by its data and torch's thread count here."""
-    spec = spec | {"data_clouds": len(clouds), "data_points": int(clouds.counts.sum()),
+    else it depends on, ``code`` the modules that compute it (see ``code_version``). Every entry
+    is keyed by its data, that code and torch's thread count here."""
+    spec = spec | {"data_clouds": len(clouds), "data_points": int(clouds.counts.sum()), "code": code_version(*code),
                    "threads": torch.get_num_threads()}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    return default_cache_dir().parent / kind / f"{key}.pt"
+    return cache_root() / kind / f"{key}.pt"
 
 
 def cached(path: Path, build: Callable[[], T]) -> T:

@@ -21,7 +21,8 @@ import numpy as np
 import yaml
 
 from .config import Config, load_config_file, make_config
-from .errors import UserError
+from .run import dataset_options
+from ..core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -127,9 +128,9 @@ def load_table(path: str | Path) -> TableSpec:
                             f"not all in the table's ipc {spec.ipcs}")
         for ipc in filter(row.runs_at, spec.ipcs):
             cfg = spec.config(row, ipc, spec.seeds[0])
-            data.add((cfg.dataset, cfg.threshold))
+            data.add(" ".join([cfg.dataset, *(f"{k}={v}" for k, v in sorted(dataset_options(cfg).items()))]))
     if len(data) > 1:  # the table loads its dataset once, for every cell
-        raise UserError(f"table {path}: rows use different data {sorted(data)} (dataset, threshold); "
+        raise UserError(f"table {path}: rows use different data ({', '.join(sorted(data))}); "
                         "set them in the protocol so every row shares them")
     return spec
 
@@ -188,7 +189,7 @@ def run_table(spec: TableSpec, root: Path, load_data: Callable[[], Any], rows: l
                 distills = f"{cfg.total_iterations} iterations, then " if cfg.total_iterations else ""
                 log(f"{row.label} | ipc {ipc} | seed {seed}: running {distills}"
                     f"{cfg.eval_models} ConvNets x {cfg.eval_epochs} epochs")
-                report, close = progress(cfg.total_iterations) if progress and cfg.total_iterations else (None, lambda: None)
+                report, close = progress(cfg.total_iterations, cfg.eval_models) if progress else (None, lambda: None)
                 try:
                     result = run(cfg.replace(device=device) if device else cfg, report=report, data=data)
                 finally:

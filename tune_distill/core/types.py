@@ -1,9 +1,10 @@
-"""Point-cloud datasets as the engine sees them: ragged clouds on a declared integer grid.
+"""The shared types: point batches, ragged clouds, the domain points live in, and datasets.
 
-A dataset declares its grid shape (e.g. ``(1, 28, 28)`` for MNIST, depth first) and its number
-of classes; nothing downstream assumes a particular size or that an axis has extent one. Clouds
-are stored ragged (all points concatenated plus offsets) because real clouds have a variable
-number of points, and a ragged gather is exactly what a sparse batch needs.
+A dataset declares its ``Domain``: an integer grid (e.g. ``(1, 28, 28)`` for MNIST, depth
+first; coordinates are cell indices) or the unit ball (float coordinates, ModelNet's frame).
+Nothing downstream assumes a particular size or that an axis has extent one. Clouds are stored
+ragged (all points concatenated plus offsets) because real clouds have a variable number of
+points, and a ragged gather is exactly what a sparse batch needs.
 """
 
 from __future__ import annotations
@@ -36,12 +37,30 @@ class PointBatch:
     def to(self, device: torch.device | str) -> "PointBatch":
         return PointBatch(self.points.to(device), self.batch.to(device), self.size)
 
+    def padded(self) -> torch.Tensor:
+        """(size, P, D) with P the largest cloud's count; smaller clouds repeat their points
+        cyclically, which leaves a max (or mean over a whole cycle) over points unchanged.
+        Differentiable in the points; the batch must list its clouds in order (as built here)."""
+        counts = torch.bincount(self.batch, minlength=self.size)
+        if bool((counts == 0).any()):
+            raise ValueError("cannot pad an empty cloud")
+        first = torch.cumsum(counts, 0) - counts
+        width = int(counts.max())
+        pos = torch.arange(width, device=counts.device)[None, :] % counts[:, None]
+        return self.points[first[:, None] + pos]
+
+    def affine(self, scale: float, offset: float) -> "PointBatch":
+        """The same clouds with every coordinate mapped to ``p * scale + offset``."""
+        if scale == 1 and offset == 0:
+            return self
+        return PointBatch(self.points * scale + offset, self.batch, self.size)
+
 
 @dataclass(frozen=True)
 class Clouds:
-    """Ragged integer point clouds with labels.
+    """Ragged point clouds with labels.
 
-    ``points`` (total, D) int16, ``offsets`` (N + 1,) int64 so that cloud i is
+    ``points`` (total, D): int16 cell indices on a grid domain, float32 in the unit ball; ``offsets`` (N + 1,) int64 so that cloud i is
     ``points[offsets[i]:offsets[i + 1]]``; points within a cloud keep the dataset's natural order
     (raster order for images), so "the first P points" is well defined.
     """
@@ -121,27 +140,87 @@ class Clouds:
 
 
 @dataclass(frozen=True)
-class Dataset:
-    """A classification dataset of point clouds on an integer grid.
+class Domain:
+    """Where a dataset's points live, and how synthetic points are kept there.
 
-    ``grid_shape`` is the extent of each axis; coordinates lie in ``[0, extent - 1]``. Axes of
-    extent one (MNIST's depth) are pinned: synthetic points are kept at 0 on them.
+    A grid domain (``grid_shape`` set, e.g. MNIST's ``(1, 28, 28)``): coordinates are cell
+    indices in ``[0, extent - 1]`` and axes of extent one are pinned at 0. The unit ball
+    (``grid_shape`` None): float coordinates with norm at most 1, ``up`` the vertical axis
+    (ModelNet is z-up); voxel networks see it through a grid of their own resolution.
+    """
+
+    dims: int = 3
+    grid_shape: tuple[int, ...] | None = None
+    up: int = 2
+
+    @property
+    def free(self) -> list[int]:
+        """Axes points may move along."""
+        if self.grid_shape is None:
+            return list(range(self.dims))
+        return [i for i, g in enumerate(self.grid_shape) if g > 1]
+
+    @property
+    def low(self) -> torch.Tensor:
+        return torch.zeros(self.dims) if self.grid_shape is not None else -torch.ones(self.dims)
+
+    @property
+    def high(self) -> torch.Tensor:
+        """The upper corner of the box a uniform initialisation fills."""
+        return torch.tensor(self.grid_shape, dtype=torch.float32) if self.grid_shape is not None else torch.ones(self.dims)
+
+    @property
+    def centre(self) -> torch.Tensor:
+        if self.grid_shape is None:
+            return torch.zeros(self.dims)
+        return (torch.tensor(self.grid_shape, dtype=torch.float32) - 1) / 2
+
+    @property
+    def rotation_plane(self) -> tuple[int, int] | None:
+        """The two axes a rotation mixes: the image plane, or the plane about the up axis."""
+        if self.grid_shape is None:
+            a, b = (i for i in range(self.dims) if i != self.up)
+            return a, b
+        free = self.free
+        return (free[-2], free[-1]) if len(free) >= 2 else None
+
+    def voxels(self, resolution: int) -> tuple[tuple[int, ...], float, float]:
+        """``(grid_shape, scale, offset)``: a voxel network's grid and the map ``p * scale + offset``
+        from this domain's coordinates to its cells (the identity on a grid domain)."""
+        if self.grid_shape is not None:
+            return self.grid_shape, 1.0, 0.0
+        half = (resolution - 1) / 2
+        return (resolution,) * self.dims, half, half
+
+    def project(self, points: torch.Tensor) -> None:
+        """Keep (in place) every point inside the domain: clamped to the grid (pinned axes to 0),
+        or pulled back onto the unit sphere when outside the ball."""
+        with torch.no_grad():
+            if self.grid_shape is not None:
+                for axis, extent in enumerate(self.grid_shape):
+                    points[..., axis].clamp_(0, extent - 1)
+            else:
+                points.div_(points.norm(dim=-1, keepdim=True).clamp(min=1.0))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A classification dataset of point clouds in a ``Domain``.
+
+    ``options`` are the loader's own settings that identify the data (MNIST's threshold); a
+    run checks them against its config before reusing a loaded dataset.
     """
 
     name: str
-    grid_shape: tuple[int, ...]
+    domain: Domain
     num_classes: int
     train: Clouds
     test: Clouds
     options: dict
-
-    @property
-    def dims(self) -> int:
-        return len(self.grid_shape)
-
-    def class_indices(self, clouds: Clouds) -> list[torch.Tensor]:
-        """Indices of each class's clouds in ``clouds``."""
-        return [torch.nonzero(clouds.labels == c).flatten() for c in range(self.num_classes)]
+    class_names: tuple[str, ...] = ()
+    # Whether the validation hold-out is stratified by class (MNIST keeps the plain random
+    # hold-out that all its searches selected on).
+    stratified_val: bool = True
 
 
 def voxelize(batch: PointBatch, grid_shape: tuple[int, ...]) -> torch.Tensor:

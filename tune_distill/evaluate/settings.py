@@ -1,0 +1,26 @@
+"""How a synthetic set is evaluated: the settings every evaluator takes (the ``eval_*`` config keys)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+Progress = Callable[[int, int], None]  # (models trained so far, models in all)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """K classifiers trained from scratch: how many, how long, how wide, how.
+
+    ``lr`` is SGD's for the image ConvNet and Adam's for PointNet; ``rotate`` (point clouds only)
+    adds a random rotation about the up axis to the training augmentation.
+    """
+
+    models: int = 5
+    epochs: int = 1000
+    width: int = 128
+    depth: int = 3
+    lr: float = 0.01
+    batch: int = 256
+    augment: bool = True
+    rotate: bool = False

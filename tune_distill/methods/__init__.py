@@ -1,0 +1,1 @@
+"""The distillation methods: encodings, the synthetic set, augmentation, matching, the loop, trajectory matching."""

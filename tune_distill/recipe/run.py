@@ -1,0 +1,242 @@
+"""The recipe: one distillation plus its evaluation, from a validated ``Config``. No Ray here.
+
+This is the one place that reads the whole config: it maps it onto each component's plain
+settings (``NetSettings``, ``DistillSettings``, ``TrajectorySettings``, ``EvalSettings``) and
+wires the components. ``run(config, report)`` loads (or takes) the dataset, carves out the
+validation split, builds the initial synthetic set, distils it (then refines it by trajectory
+matching when ``tm_iterations`` > 0, the first stage then coming from the disk cache when an
+earlier run of the same seed and settings computed it), evaluates it with the dataset's
+evaluator and returns a ``RunResult``. With ``iterations=0`` it evaluates the initial set
+itself, which is how the baselines (random real clouds, herding, k-center, class-mean top-k)
+are measured by the very same evaluator.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, TypeVar
+
+import numpy as np
+import torch
+
+from ..core.cache import cache_path, cached
+from ..core.errors import UserError
+from ..core.seeding import stream
+from ..core.types import Clouds, Domain
+from ..data import Dataset, hold_out, load_dataset
+from ..evaluate import EvalSettings, Evaluator, build_evaluator
+from ..methods.encoding import Encoding
+from ..methods.loop import DistillSettings, Report, distill
+from ..methods.synthetic import init_synthetic
+from ..methods.trajectory import TrajectorySettings, match_trajectories
+from ..nets import NetSettings
+from .config import Config
+
+VAL_SPLIT_SEED = 20240531  # fixed, so every run and trial holds out the same clouds
+# What a first stage (the points before trajectory matching) is computed by.
+STAGE_CODE = ("methods", "nets", "sparse", "core", "data")
+
+S = TypeVar("S")
+
+
+@dataclass
+class RunResult:
+    """What one run produced: the synthetic set, its history and its evaluation."""
+
+    config: Config
+    points: np.ndarray  # (N, P, D) float32: grid coordinates (MNIST: depth, height, width) or the unit ball's xyz
+    labels: np.ndarray  # (N,) int64
+    history: list[dict]
+    accuracies: list[float]
+    split: str  # the set the accuracies were measured on: test | val
+    domain: Domain  # where the points live (how to draw them)
+    class_names: tuple[str, ...] = ()
+    # The same trained classifiers scored on other splits: "val" when the primary split is test and
+    # val_size > 0 (the test set is never scored when selecting on val).
+    other_accuracies: dict[str, list[float]] = field(default_factory=dict)
+    evaluations: list[dict] = field(default_factory=list)  # intermediate (eval_at) evaluations
+    seconds: float = 0.0
+    distill_seconds: float = 0.0
+    eval_seconds: float = 0.0
+
+    @property
+    def acc_mean(self) -> float:
+        return float(np.mean(self.accuracies))
+
+    @property
+    def acc_std(self) -> float:
+        return float(np.std(self.accuracies))
+
+    def metrics(self) -> dict:
+        """The summary written to ``metrics.json`` and reported to Tune."""
+        out = {
+            "acc_mean": self.acc_mean, "acc_std": self.acc_std, "accuracies": list(self.accuracies),
+            "split": self.split, "seconds": self.seconds, "distill_seconds": self.distill_seconds,
+            "eval_seconds": self.eval_seconds, "evaluations": self.evaluations,
+        }
+        for name, accs in self.other_accuracies.items():
+            out[f"{name}_acc_mean"] = float(np.mean(accs))
+            out[f"{name}_accuracies"] = list(accs)
+        return out
+
+
+def settings(cls: type[S], cfg: Config, **extra: Any) -> S:
+    """``cls`` filled from the config keys of the same names (``extra`` wins)."""
+    values = {f.name: getattr(cfg, f.name) for f in fields(cls) if f.name not in extra and hasattr(cfg, f.name)}
+    return cls(**values, **extra)
+
+
+def encoding_of(cfg: Config) -> Encoding:
+    return Encoding(cfg.encoding, cfg.splat_kernel, cfg.splat_sigma, cfg.splat_combine, cfg.straight_through)
+
+
+def distill_settings(cfg: Config) -> DistillSettings:
+    return settings(DistillSettings, cfg, encoding=encoding_of(cfg), eval_at=tuple(cfg.eval_at))
+
+
+def trajectory_settings(cfg: Config) -> TrajectorySettings:
+    tm = {f.name: getattr(cfg, f"tm_{f.name}") for f in fields(TrajectorySettings) if hasattr(cfg, f"tm_{f.name}")}
+    return settings(TrajectorySettings, cfg, **tm, first_iteration=cfg.iterations, expert_batch=cfg.eval_batch,
+                    encoding=encoding_of(cfg))
+
+
+def eval_settings(cfg: Config) -> EvalSettings:
+    return EvalSettings(cfg.eval_models, cfg.eval_epochs, cfg.eval_width, cfg.eval_depth, cfg.eval_lr,
+                        cfg.eval_batch, cfg.eval_augment, cfg.eval_rotate)
+
+
+def dataset_options(cfg: Config) -> dict[str, Any]:
+    """The loader options the config sets for its dataset (MNIST's threshold; none for ModelNet)."""
+    return {"threshold": cfg.threshold} if cfg.dataset == "mnist" else {}
+
+
+def load_data(cfg: Config, data_dir: str | None = None) -> Dataset:
+    """The config's dataset, loaded from ``data_dir`` (else the environment or the cache)."""
+    return load_dataset(cfg.dataset, data_dir, **dataset_options(cfg))
+
+
+def split_train(data: Dataset, val_size: int) -> tuple[Clouds, Clouds | None]:
+    """(clouds the distillation may use, validation clouds): a fixed hold-out of the training set."""
+    return hold_out(data.train, val_size, data.num_classes, VAL_SPLIT_SEED, data.stratified_val)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def evaluation_splits(cfg: Config, data: Dataset, val: Clouds | None) -> dict[str, Clouds]:
+    """The clouds a synthetic set is judged on, primary split first.
+
+    Selecting on val scores validation clouds only; a test evaluation also scores the
+    validation clouds when there are any (free: the same trained classifiers).
+    """
+    names = ["val"] if cfg.eval_split == "val" else ["test"] + (["val"] if val is not None else [])
+    splits = {}
+    for name in names:
+        clouds = val if name == "val" else data.test
+        n = len(clouds) if cfg.eval_test_size is None else min(cfg.eval_test_size, len(clouds))
+        splits[name] = clouds.subset(torch.arange(n))
+    return splits
+
+
+def make_evaluator(cfg: Config, data: Dataset, val: Clouds | None, device: torch.device) -> Evaluator:
+    """The dataset's evaluator under the config's ``eval_*`` protocol."""
+    return build_evaluator(data.domain, data.num_classes, evaluation_splits(cfg, data, val), eval_settings(cfg), device)
+
+
+def first_stage_spec(cfg: Config, device: torch.device) -> dict:
+    """What the points before trajectory matching depend on, besides the data and the code:
+    settings but tm_* and eval_*, device."""
+    values = {k: v for k, v in cfg.model_dump().items() if not k.startswith(("tm_", "eval_"))}
+    return values | {"device": device.type}
+
+
+def check_data(cfg: Config, data: Dataset) -> None:
+    if data.name != cfg.dataset or data.options != dataset_options(cfg):
+        raise ValueError(f"data is {data.name} {data.options}, config wants {cfg.dataset} {dataset_options(cfg)}")
+
+
+def run(config: Config, report: Report | None = None, data: Dataset | None = None,
+        data_dir: str | None = None) -> RunResult:
+    """One distillation and evaluation. ``report(row)`` is called as it goes: distillation rows
+    (``iteration``, ``loss``, ...), intermediate evaluations (``acc_mean``) and evaluation
+    progress (``eval_done`` of ``eval_total`` models).
+
+    Pass ``data`` to reuse a loaded dataset (it must match the config's dataset options); the
+    same config and seed give the same points and accuracies on CPU.
+    """
+    cfg = config
+    started = time.perf_counter()
+    if data is None:
+        data = load_data(cfg, data_dir)
+    check_data(cfg, data)
+    device = resolve_device(cfg.device)
+    train, val = split_train(data, cfg.val_size)
+    evaluator = make_evaluator(cfg, data, val, device)
+    init_gen = torch.Generator().manual_seed(stream(cfg.seed, "init"))
+    syn, labels = init_synthetic(cfg.init, train, data.num_classes, data.domain, cfg.ipc, cfg.points,
+                                 init_gen, cfg.init_noise, cfg.real_cap)
+    syn = syn.to(device)
+    net = settings(NetSettings, cfg)
+    dist = distill_settings(cfg)
+    evaluations: list[dict] = []
+    eval_time = 0.0
+
+    def eval_progress(done: int, total: int) -> None:
+        if report is not None:
+            report({"eval_done": done, "eval_total": total})
+
+    def evaluate(points: torch.Tensor) -> dict[str, list[float]]:
+        nonlocal eval_time
+        t = time.perf_counter()
+        scores = evaluator(points, labels, stream(cfg.seed, "eval") % 2**31, eval_progress)
+        eval_time += time.perf_counter() - t
+        return scores
+
+    def evaluate_at(it: int, points: torch.Tensor) -> None:
+        accs = evaluate(points)[cfg.eval_split]
+        row = {"iteration": it, "acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs)), "accuracies": accs}
+        evaluations.append(row)
+        if report is not None:
+            report(dict(row))
+
+    if cfg.tm_iterations and not cfg.eval_at:
+        # A trajectory-matching search varies only the tm_* settings: every trial of a seed
+        # starts from the same first stage, so it is computed once (see core/cache.py).
+        def first_stage() -> dict:
+            rows = distill(dist, net, train, data.num_classes, data.domain, syn, device, report)
+            return {"points": syn.detach().cpu(), "history": rows}
+
+        stage = cached(cache_path("stages", first_stage_spec(cfg, device), train, STAGE_CODE), first_stage)
+        with torch.no_grad():
+            syn.copy_(stage["points"])
+        history = stage["history"]
+    else:
+        history = distill(dist, net, train, data.num_classes, data.domain, syn, device, report, evaluate_at)
+    if cfg.tm_iterations:
+        data_id = {"dataset": data.name, **data.options, "val_size": cfg.val_size}
+        history += match_trajectories(trajectory_settings(cfg), train, data.num_classes, data.domain, syn, labels,
+                                      device, report, data_id)
+    distill_seconds = time.perf_counter() - started - eval_time
+    scores = evaluate(syn)
+    accuracies = scores.pop(cfg.eval_split)
+    return RunResult(
+        config=cfg,
+        points=syn.detach().cpu().numpy().astype(np.float32),
+        labels=labels.numpy().astype(np.int64),
+        history=history,
+        accuracies=accuracies,
+        split=cfg.eval_split,
+        domain=data.domain,
+        class_names=data.class_names,
+        other_accuracies=scores,
+        evaluations=evaluations,
+        seconds=time.perf_counter() - started,
+        distill_seconds=distill_seconds,
+        eval_seconds=eval_time,
+    )
