@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
+import numpy as np
+
 from .recipe.config import Config, PRESETS, load_config_file, make_config, parse_assignments
 from .core.errors import UserError
 
@@ -22,7 +24,7 @@ from .core.errors import UserError
 # itself, not a subsample, also under a --config file written for a distillation run; 3D shapes
 # keep the config's points per cloud (1,024: every point of a ModelNet shape). --set points=... wins.
 BASELINES: dict[str, str] = {"random_real": "real", "herding": "herding", "kcenter": "kcenter",
-                             "class_mean_topk": "class_mean_topk"}
+                             "class_mean_topk": "class_mean_topk", "full": "full"}
 WHOLE_DIGIT = 400
 
 
@@ -124,9 +126,53 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     ipc = {"ipc": args.ipc} if args.ipc is not None else {}  # else the config's (or the preset's) ipc
     cfg = _config_from_args(args, None, init=init, iterations=0, **ipc)
     given = "points" in parse_assignments(args.set or [])
-    if cfg.dataset == "mnist" and init != "class_mean_topk" and not given:
+    if cfg.dataset == "mnist" and init not in ("class_mean_topk", "full") and not given:
         cfg = cfg.replace(points=WHOLE_DIGIT)
     return _run_and_save(cfg, args, f"baseline-{args.name}-ipc{cfg.ipc}-seed{cfg.seed}")
+
+
+# The protocol a bare synthetic set (no config.yaml beside it) is scored with, per dataset.
+FULL_PROTOCOL = {"mnist": None, "modelnet10": "modelnet10", "modelnet40": "modelnet40"}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .recipe.artifacts import load_synthetic
+    from .recipe.run import evaluate_set, load_data
+
+    path = Path(args.path)
+    folder = path if path.is_dir() else path.parent
+    points, labels = load_synthetic(path)
+    values: dict[str, Any] = {}
+    if args.config or (folder / "config.yaml").exists():
+        values = load_config_file(args.config or folder / "config.yaml")
+    if args.dataset:
+        values["dataset"] = args.dataset
+    preset = None
+    if not values:
+        if not args.dataset:
+            raise UserError(f"{path} has no config.yaml beside it; say which data it is for with --dataset "
+                            f"({', '.join(FULL_PROTOCOL)}), or give --config")
+        preset = FULL_PROTOCOL[args.dataset]
+    values.update(parse_assignments(args.set or []))
+    if args.seed is not None:
+        values["seed"] = args.seed
+    cfg = make_config(values, preset=preset)
+    data = load_data(cfg, args.data_dir)
+    report, close = _progress(0, cfg.eval_models)
+    try:
+        scores = evaluate_set(cfg, points, labels, data, report)
+    finally:
+        close()
+    accs = scores.pop(cfg.eval_split)
+    mean, std = float(np.mean(accs)), float(np.std(accs))
+    print(f"accuracy ({cfg.eval_split}, {cfg.eval_models} {_classifier(cfg)} x {cfg.eval_epochs} epochs): "
+          f"{100 * mean:.2f} ± {100 * std:.2f} %  [{', '.join(f'{100 * a:.2f}' for a in accs)}]")
+    out = {"split": cfg.eval_split, "acc_mean": mean, "acc_std": std, "accuracies": accs}
+    out.update({f"{name}_accuracies": a for name, a in scores.items()})
+    print(json.dumps(out))
+    return 0
 
 
 # Search: search / results / export / report. Ray is imported only inside these commands.
@@ -196,7 +242,8 @@ def _percent(df: Any, params: list[str], group: bool = False) -> Any:
     if group:
         shown[["mean", "std"]] = (100 * shown[["mean", "std"]]).round(2)
     else:
-        cols = ["trial", "status", *params, "seeds_done", "acc_mean", "acc_std", "acc_min", "objective", "seconds"]
+        cols = ["trial", "status", *params, "seeds_done", "acc_mean", "acc_std", "acc_min", "objective", "seconds",
+                "node"]
         if shown["error"].notna().any():
             cols.append("error")
         shown = shown[cols]
@@ -275,7 +322,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def _add_search_commands(sub: Any) -> None:
-    storage_help = "folder holding experiments (default: results)"
+    storage_help = "folder holding experiments, a path or file:///abs/path (default: results)"
     p = sub.add_parser("search", help="a hyperparameter search (Ray Tune + Optuna) over a YAML search space")
     p.add_argument("space", nargs="?", help="search space file, e.g. search_spaces/quick.yaml")
     p.add_argument("--name", help="experiment name (default: the space file's name); an existing one is resumed")
@@ -294,7 +341,7 @@ def _add_search_commands(sub: Any) -> None:
     p.add_argument("--address", help="join this Ray cluster (auto, or host:port) instead of starting one")
     p.add_argument("--storage", metavar="DIR", help=storage_help)
     p.add_argument("--resume", action="store_true", help="resume the experiment --name (error if it does not exist)")
-    p.add_argument("--data-dir", metavar="DIR", help="folder with the MNIST files (else $TUNE_DISTILL_DATA, else a cache)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with the dataset's files (else $TUNE_DISTILL_DATA, else a cache)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("results", help="an experiment's trials as a table (or csv/json/markdown)")
@@ -326,7 +373,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="a config.yaml (e.g. one a run wrote)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--seed", type=int, help="the run's seed")
-    p.add_argument("--data-dir", metavar="DIR", help="folder with the MNIST files (else $TUNE_DISTILL_DATA, else a cache)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with the dataset's files (else $TUNE_DISTILL_DATA, else a cache)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: results/runs/<name>-<time>)")
 
 
@@ -351,6 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=cmd_baseline)
 
+    p = sub.add_parser("evaluate", help="re-score a synthetic set (a run folder or an npz) with its dataset's evaluator")
+    p.add_argument("path", help="a run folder (synthetic.npz + config.yaml) or a synthetic.npz (points, labels)")
+    p.add_argument("--dataset", choices=sorted(FULL_PROTOCOL),
+                   help="the data the set is for (needed without a config.yaml; then its full protocol is used)")
+    p.add_argument("--config", metavar="FILE", help="score under this config.yaml instead of the one beside the set")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. eval_models=10")
+    p.add_argument("--seed", type=int, help="the evaluation's seed (default: the config's)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with the dataset's files (else $TUNE_DISTILL_DATA, else a cache)")
+    p.set_defaults(func=cmd_evaluate)
+
     _add_search_commands(sub)
 
     p = sub.add_parser("table", help="run a results table's missing cells (a spec in tables/) and print it as markdown")
@@ -364,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda", "auto"],
                    help="run the missing cells here (default: the spec's, cpu); the table marks GPU cells")
     p.add_argument("--storage", metavar="DIR", help="folder holding results (default: results)")
-    p.add_argument("--data-dir", metavar="DIR", help="folder with the MNIST files (else $TUNE_DISTILL_DATA, else a cache)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with the dataset's files (else $TUNE_DISTILL_DATA, else a cache)")
     p.set_defaults(func=cmd_table)
     return parser
 

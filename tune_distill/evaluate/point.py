@@ -92,6 +92,8 @@ class PointEvaluator:
                  progress: Progress | None = None) -> dict[str, list[float]]:
         x, y = points.detach().to(self.device), labels.to(self.device)
         runs = []
+        if progress is not None:
+            progress(0, self.settings.models)
         for k in range(self.settings.models):
             runs.append(train_and_test(x, y, self.sets, self.num_classes, self.settings, seed + k, self.domain.up))
             if progress is not None:

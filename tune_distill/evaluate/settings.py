@@ -13,7 +13,9 @@ class EvalSettings:
     """K classifiers trained from scratch: how many, how long, how wide, how.
 
     ``lr`` is SGD's for the image ConvNet and Adam's for PointNet; ``rotate`` (point clouds only)
-    adds a random rotation about the up axis to the training augmentation.
+    adds a random rotation about the up axis to the training augmentation. ``batched`` (image
+    ConvNets only) trains the K models as one vmapped computation: the same random streams and,
+    up to float rounding, the same results; meant for GPUs (on a CPU it is slower).
     """
 
     models: int = 5
@@ -24,3 +26,4 @@ class EvalSettings:
     batch: int = 256
     augment: bool = True
     rotate: bool = False
+    batched: bool = False

@@ -9,6 +9,8 @@ Initialisation strategies:
   (Welling's herding; with IPC 1, the cloud nearest the class mean);
 - ``kcenter``: real clouds chosen greedily to cover the class (k-center greedy: the cloud
   nearest the class mean, then each time the cloud farthest from every chosen one);
+- ``full``: every training cloud, resampled to P points (the full-data ceiling, evaluated
+  without distillation; ``ipc`` is ignored);
 - ``class_mean_topk``: the P most occupied cells of the class mean (with IPC > 1, of the means
   of IPC k-means clusters of the class).
 
@@ -24,7 +26,7 @@ import torch
 
 from ..core.types import Clouds, Domain, voxelize
 
-INITS = ("uniform", "gaussian", "real", "real_noise", "herding", "kcenter", "class_mean_topk")
+INITS = ("uniform", "gaussian", "real", "real_noise", "herding", "kcenter", "class_mean_topk", "full")
 
 
 def _occupancy(clouds: Clouds, indices: torch.Tensor, grid: tuple[tuple[int, ...], float, float],
@@ -116,6 +118,11 @@ def init_synthetic(
     labels = torch.arange(num_classes).repeat_interleave(ipc)
     n = num_classes * ipc
     grid = domain.voxels(feature_res)
+    if kind == "full":
+        out = torch.cat([clouds.padded(torch.arange(i, min(i + 4096, len(clouds))), points, generator)
+                         for i in range(0, len(clouds), 4096)])
+        domain.project(out)
+        return out, clouds.labels.clone()
     if kind == "uniform":
         out = low + torch.rand(n, points, d, generator=generator) * (high - low)
     elif kind == "gaussian":

@@ -21,6 +21,7 @@ import yaml
 
 from ..core.errors import UserError
 from ..core.types import Domain
+from ..data import IMAGE_DATASETS
 from ..evaluate import draw_set
 
 if TYPE_CHECKING:
@@ -58,3 +59,38 @@ def save_run(result: "RunResult", out: str | os.PathLike) -> Path:
     pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
     (out / "config.yaml").write_text(yaml.safe_dump(result.config.model_dump(), sort_keys=False))
     return out
+
+
+PLY_COMMENT = {True: "tune_distill synthetic cloud; x = width, y = -height, z = depth (grid cells)",
+               False: "tune_distill synthetic cloud; x, y, z in the dataset's unit-sphere frame (z up)"}
+
+
+def write_ply(path: Path, points: np.ndarray, comment: str = "", image: bool = True) -> None:
+    """One cloud (P, D) as a binary little-endian PLY of float32 vertices: an image's grid
+    coordinates (depth, height, width) turned to x = width, y = -height, z = depth, or (``image``
+    False) a 3D shape's xyz as they are."""
+    from plyfile import PlyData, PlyElement
+
+    pts = np.asarray(points, dtype=np.float32)
+    if pts.ndim != 2 or pts.shape[1] not in (2, 3):
+        raise ValueError(f"expected (P, 2) or (P, 3) points, got {pts.shape}")
+    if pts.shape[1] == 2:  # (height, width)
+        pts = np.concatenate([np.zeros_like(pts[:, :1]), pts], axis=1)
+    vertex = np.empty(len(pts), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4")])
+    if image:
+        vertex["x"], vertex["y"], vertex["z"] = pts[:, 2], -pts[:, 1], pts[:, 0]
+    else:
+        vertex["x"], vertex["y"], vertex["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
+    comments = [PLY_COMMENT[image]] + ([comment] if comment else [])
+    PlyData([PlyElement.describe(vertex, "vertex")], byte_order="<", comments=comments).write(str(path))
+
+
+def save_plys(folder: Path, points: np.ndarray, labels: np.ndarray, dataset: str) -> None:
+    """Every cloud as ``folder/class<label>_<k>.ply``, in the dataset's frame (see ``write_ply``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    counts: dict[int, int] = {}
+    for cloud, label in zip(points, labels.tolist()):
+        k = counts.get(label, 0)
+        counts[label] = k + 1
+        write_ply(folder / f"class{label}_{k}.ply", cloud, comment=f"class {label}, cloud {k}",
+                  image=dataset in IMAGE_DATASETS)

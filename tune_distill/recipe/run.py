@@ -103,7 +103,7 @@ def trajectory_settings(cfg: Config) -> TrajectorySettings:
 
 def eval_settings(cfg: Config) -> EvalSettings:
     return EvalSettings(cfg.eval_models, cfg.eval_epochs, cfg.eval_width, cfg.eval_depth, cfg.eval_lr,
-                        cfg.eval_batch, cfg.eval_augment, cfg.eval_rotate)
+                        cfg.eval_batch, cfg.eval_augment, cfg.eval_rotate, cfg.eval_batched)
 
 
 def dataset_options(cfg: Config) -> dict[str, Any]:
@@ -147,6 +147,29 @@ def evaluation_splits(cfg: Config, data: Dataset, val: Clouds | None) -> dict[st
 def make_evaluator(cfg: Config, data: Dataset, val: Clouds | None, device: torch.device) -> Evaluator:
     """The dataset's evaluator under the config's ``eval_*`` protocol."""
     return build_evaluator(data.domain, data.num_classes, evaluation_splits(cfg, data, val), eval_settings(cfg), device)
+
+
+def evaluate_set(cfg: Config, points: np.ndarray, labels: np.ndarray, data: Dataset,
+                 report: Report | None = None) -> dict[str, list[float]]:
+    """Accuracies per split of ``cfg``'s evaluator on a given synthetic set (``points`` (N, P, D) in
+    the dataset's frame, ``labels`` (N,)), exactly as ``run`` scores the set it distils: the same
+    splits, models and random streams, so a saved run is re-scored to the bit on the same CPU."""
+    check_data(cfg, data)
+    if points.ndim != 3 or points.shape[2] != data.domain.dims or labels.shape != (points.shape[0],):
+        raise UserError(f"a synthetic set needs points (N, P, {data.domain.dims}) and labels (N,); "
+                        f"got {points.shape} and {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= data.num_classes):
+        raise UserError(f"labels must lie in 0..{data.num_classes - 1} for {data.name}; got {labels.min()}..{labels.max()}")
+    device = resolve_device(cfg.device)
+    _, val = split_train(data, cfg.val_size)
+    evaluator = make_evaluator(cfg, data, val, device)
+    progress = (lambda done, total: report({"eval_done": done, "eval_total": total})) if report else None
+    return evaluator(torch.from_numpy(np.ascontiguousarray(points, np.float32)), torch.from_numpy(labels.astype(np.int64)),
+                     eval_seed(cfg), progress)
+
+
+def eval_seed(cfg: Config) -> int:
+    return stream(cfg.seed, "eval") % 2**31
 
 
 def first_stage_spec(cfg: Config, device: torch.device) -> dict:
@@ -194,7 +217,7 @@ def run(config: Config, report: Report | None = None, data: Dataset | None = Non
     def evaluate(points: torch.Tensor) -> dict[str, list[float]]:
         nonlocal eval_time
         t = time.perf_counter()
-        scores = evaluator(points, labels, stream(cfg.seed, "eval") % 2**31, eval_progress)
+        scores = evaluator(points, labels, eval_seed(cfg), eval_progress)
         eval_time += time.perf_counter() - t
         return scores
 

@@ -24,36 +24,11 @@ import numpy as np
 import yaml
 import pandas as pd
 
-from ..data import IMAGE_DATASETS
-from ..recipe.artifacts import load_synthetic
+from ..recipe.artifacts import load_synthetic, save_plys
 from ..core.errors import UserError
 from .results import leaderboard, load_results, param_column
 
 EXPORT_DIR_RE = re.compile(r"^\d{2,}_trial\d+$")
-PLY_COMMENT = {True: "tune_distill synthetic cloud; x = width, y = -height, z = depth (grid cells)",
-               False: "tune_distill synthetic cloud; x, y, z in the dataset's unit-sphere frame (z up)"}
-
-
-def write_ply(path: Path, points: np.ndarray, comment: str = "", image: bool = True) -> None:
-    """One cloud (P, D) as a binary little-endian PLY of float32 vertices: an image's grid
-    coordinates (depth, height, width) turned to x = width, y = -height, z = depth, or (``image``
-    False) a 3D shape's xyz as they are."""
-    from plyfile import PlyData, PlyElement
-
-    pts = np.asarray(points, dtype=np.float32)
-    if pts.ndim != 2 or pts.shape[1] not in (2, 3):
-        raise ValueError(f"expected (P, 2) or (P, 3) points, got {pts.shape}")
-    if pts.shape[1] == 2:  # (height, width)
-        pts = np.concatenate([np.zeros_like(pts[:, :1]), pts], axis=1)
-    vertex = np.empty(len(pts), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4")])
-    if image:
-        vertex["x"], vertex["y"], vertex["z"] = pts[:, 2], -pts[:, 1], pts[:, 0]
-    else:
-        vertex["x"], vertex["y"], vertex["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
-    comments = [PLY_COMMENT[image]] + ([comment] if comment else [])
-    PlyData([PlyElement.describe(vertex, "vertex")], byte_order="<", comments=comments).write(str(path))
-
-
 def _plain(value: Any) -> Any:
     """JSON-safe scalars (numpy types, NaN -> None)."""
     if isinstance(value, np.generic):
@@ -83,14 +58,7 @@ def export_trial(row: pd.Series, params: list[str], out: Path, experiment: str) 
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     points, labels = load_synthetic(out / "synthetic.npz")
     config = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").exists() else {}
-    image = (config or {}).get("dataset", "mnist") in IMAGE_DATASETS
-    ply_dir = out / "ply"
-    ply_dir.mkdir(exist_ok=True)
-    counts: dict[int, int] = {}
-    for cloud, label in zip(points, labels.tolist()):
-        k = counts.get(label, 0)
-        counts[label] = k + 1
-        write_ply(ply_dir / f"class{label}_{k}.ply", cloud, comment=f"class {label}, cloud {k}", image=image)
+    save_plys(out / "ply", points, labels, (config or {}).get("dataset", "mnist"))
     return out
 
 

@@ -22,6 +22,8 @@ The DataFrame's columns, in order:
 ``objective``      the space's objective (acc_mean, robust or acc_min) over finished seeds
 ``best_seed``      the seed whose synthetic set scored best
 ``seconds``        wall-clock seconds of the finished seeds' runs
+``node``           where the finished seeds ran: ``<node ip>/<first 8 hex digits of the Ray
+                   node id>``, several comma-separated when a lost node moved the trial
 ``split``          where accuracies were measured: ``test`` or ``val``
 ``synthetic``      path of the best seed's ``synthetic.npz``
 ``error``          the exception line of an errored trial
@@ -29,6 +31,11 @@ The DataFrame's columns, in order:
 =================  ===========================================================================
 
 Reading needs no running Ray cluster (Ray's ``ExperimentAnalysis`` only parses files).
+
+``storage`` is a folder, or a ``file:///abs/path`` URI as Ray Tune takes it (``storage_dir``).
+Object-store URIs (``s3://``, ``gs://``) are refused with one line: the search keeps its Optuna
+study in SQLite and reads trial folders back with plain file operations, so every node needs the
+experiments as a filesystem (NFS, or a bucket mounted as one).
 """
 
 from __future__ import annotations
@@ -36,8 +43,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import pandas as pd
 import yaml
@@ -54,7 +63,8 @@ STATE_FILE = "trial.json"  # written by the trainable into every checkpoint
 
 FIXED_COLUMNS = ["trial", "trial_id", "status"]
 SUMMARY_COLUMNS = ["seeds_done", "acc_mean", "acc_std", "acc_min", "objective", "best_seed", "seconds",
-                   "split", "synthetic", "error", "trial_dir"]
+                   "node", "split", "synthetic", "error", "trial_dir"]
+URI_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def param_column(key: str) -> str:
@@ -67,8 +77,33 @@ def param_column(key: str) -> str:
 
 
 # Finding experiments ---------------------------------------------------------------------
+def local_path(location: str | os.PathLike, what: str = "--storage") -> Path:
+    """The local folder that ``location`` names: a path as it is, or a ``file://`` URI.
+
+    Ray Tune takes ``storage_path`` as a URI too (pyarrow filesystems); ``file:///abs/path`` is
+    a local folder under another name. Other schemes (``s3://``, ``gs://``) are a one-line
+    ``UserError``: the search's own files (``optuna.db``, ``space.yaml``, the trial folders read
+    back by ``load_results`` and by a resumed trial) need a filesystem.
+    """
+    text = os.fspath(location)
+    match = URI_RE.match(text)
+    if not match:
+        return Path(text)
+    scheme = match.group(1).lower()
+    if scheme == "file":
+        parsed = urlparse(text)
+        if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
+            raise UserError(f"{what} {text}: a file:// URI names an absolute local path, file:///abs/path "
+                            "(three slashes)")
+        return Path(unquote(parsed.path))
+    raise UserError(f"{what} {text}: {scheme}:// storage is not supported (the search keeps its Optuna study in "
+                    "SQLite and reads trial folders as files); give a folder every node can reach, e.g. an NFS "
+                    "mount or the bucket mounted as a filesystem, as a path or file:///abs/path")
+
+
 def storage_dir(storage: str | os.PathLike | None) -> Path:
-    return Path(storage if storage is not None else DEFAULT_STORAGE)
+    """The local folder holding experiments: ``storage`` (a path or ``file://`` URI), default ``results``."""
+    return local_path(storage if storage is not None else DEFAULT_STORAGE)
 
 
 def list_experiments(storage: str | os.PathLike | None = None) -> list[str]:
@@ -84,7 +119,7 @@ def experiment_dir(name_or_path: str | os.PathLike, storage: str | os.PathLike |
 
     Raises ``UserError`` listing the experiments that exist when there is no such experiment.
     """
-    as_path = Path(name_or_path)
+    as_path = local_path(name_or_path, "experiment")
     if (as_path / SPACE_FILE).is_file():
         return as_path.resolve()  # absolute: paths in the results stay valid from any directory
     candidate = storage_dir(storage) / str(name_or_path)
@@ -161,6 +196,13 @@ def _tune_trials(exp_dir: Path) -> list[tuple[str, str, dict]]:
     return [(t.trial_id, t.status, dict(t.config)) for t in creation_order(analysis.trials)]
 
 
+def node_label(finished: list[dict]) -> str | None:
+    """The nodes a trial's finished seeds ran on, in seed order, each once (None before any,
+    and for seeds finished before the trainable recorded nodes)."""
+    nodes = [f["node"] for f in finished if f.get("node")]
+    return ", ".join(dict.fromkeys(nodes)) or None
+
+
 def _status(tune_status: str, seeds_done: int, seeds: int) -> str:
     if tune_status == "TERMINATED":
         return "done" if seeds_done >= seeds else "stopped"
@@ -206,6 +248,7 @@ def load_results(name_or_path: str | os.PathLike, storage: str | os.PathLike | N
         best = max(finished, key=lambda f: f["acc"]) if finished else None
         row["best_seed"] = best["seed"] if best else None
         row["seconds"] = float(sum(f["seconds"] for f in finished))
+        row["node"] = node_label(finished)
         row["split"] = split
         row["synthetic"] = str(ckpt / best["dir"] / "synthetic.npz") if best and ckpt else None
         error_file = trial_dir / "error.txt"

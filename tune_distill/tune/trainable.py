@@ -10,6 +10,13 @@ early iterations. ``progress`` (seeds finished, fractional during a seed) is ASH
 The checkpoint holds every finished seed, so a trial restored after an interruption skips the
 seeds it already finished and never runs one twice. The dataset arrives once per worker via
 ``tune.with_parameters``; the trial's torch threads match its CPU share.
+
+Each finished seed records the node it ran on (``node``: ``<ip>/<node id prefix>``, and the full
+``node_id``) in the checkpoint and in ``seed_runs.jsonl``; every report carries ``node`` and
+``node_id`` too. Tune retries a trial whose node was lost (``FailureConfig.max_failures``), but an
+error of the trial's own (a NaN loss, a config the engine rejects) is a result, not something a
+retry fixes: the first one is saved in the trial folder (``trial_error.pkl``) and a retry raises
+it again at once, before any work.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import shutil
 import socket
 import tempfile
@@ -25,17 +33,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
 from ..recipe.artifacts import save_run
 from ..recipe.config import make_config
-from ..data import Dataset
+from ..core.types import Dataset
 from ..recipe.run import run
 from .objective import summarize
 
 STATE_FILE = "trial.json"  # in every checkpoint: the finished seeds
 RUNS_LOG = "seed_runs.jsonl"  # in the trial folder: one line per seed run that finished
+ERROR_FILE = "trial_error.pkl"  # in the trial folder: the trial's own error, raised again by a retry
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,21 @@ class TrialPlan:
 
 def seed_dir(index: int) -> str:
     return f"seed_{index}"
+
+
+def node_info() -> dict[str, str]:
+    """Where this process runs: ``node`` (``<ip>/<first 8 hex digits of the node id>``, short
+    but unique also for several Ray nodes on one machine), ``node_id`` and ``node_ip``."""
+    node_id = ray.get_runtime_context().get_node_id()
+    node_ip = ray.util.get_node_ip_address()
+    return {"node": f"{node_ip}/{node_id[:8]}", "node_id": node_id, "node_ip": node_ip}
+
+
+def _trial_dir(plan: TrialPlan) -> Path | None:
+    """This trial's folder in the experiment (on storage every node reaches), if known."""
+    if plan.experiment_dir is None:
+        return None
+    return Path(plan.experiment_dir) / f"trial_{tune.get_context().get_trial_id()}"
 
 
 def trial_metrics(plan: TrialPlan, finished: list[dict], progress: float, partial: float | None = None) -> dict[str, Any]:
@@ -91,8 +116,8 @@ def _restore(work: Path, plan: TrialPlan) -> list[dict]:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             candidates.append((_finished_in(Path(folder)), checkpoint))
-    if plan.experiment_dir is not None:
-        trial_dir = Path(plan.experiment_dir) / f"trial_{tune.get_context().get_trial_id()}"
+    trial_dir = _trial_dir(plan)
+    if trial_dir is not None:
         for folder in sorted(trial_dir.glob("checkpoint_*"), reverse=True):
             finished = _finished_in(folder)
             if finished:
@@ -109,19 +134,62 @@ def _restore(work: Path, plan: TrialPlan) -> list[dict]:
 
 def _log_run(plan: TrialPlan, record: dict) -> None:
     """Append a finished seed to the trial folder's ``seed_runs.jsonl``: an audit trail of resumes."""
-    if plan.experiment_dir is None:
+    trial_dir = _trial_dir(plan)
+    if trial_dir is None:
         return
-    path = Path(plan.experiment_dir) / f"trial_{tune.get_context().get_trial_id()}" / RUNS_LOG
+    path = trial_dir / RUNS_LOG
     path.parent.mkdir(parents=True, exist_ok=True)
     entry = {k: record[k] for k in ("index", "seed", "acc", "seconds")}
-    entry.update(finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), host=socket.gethostname(), pid=os.getpid())
+    entry.update(finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), host=socket.gethostname(), pid=os.getpid(),
+                 **node_info())
     with path.open("a") as f:
         f.write(json.dumps(entry) + "\n")
 
 
+def _save_error(trial_dir: Path | None, exc: Exception) -> None:
+    """Keep the trial's own error, so that a retry (``max_failures``) raises it instead of running."""
+    if trial_dir is None:
+        return
+    try:
+        data = pickle.dumps(exc)
+        pickle.loads(data)  # an exception that pickles but does not load back would hide the error
+    except Exception:
+        data = pickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"))
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    (trial_dir / ERROR_FILE).write_bytes(data)
+
+
+def _raise_saved_error(trial_dir: Path | None) -> None:
+    if trial_dir is None or not (trial_dir / ERROR_FILE).is_file():
+        return
+    try:
+        exc = pickle.loads((trial_dir / ERROR_FILE).read_bytes())
+    except Exception as load_error:  # cut off by a kill during the write: still this trial's error
+        exc = RuntimeError(f"this trial failed before; its error could not be read back ({load_error})")
+    raise exc
+
+
 def train_trial(params: dict[str, Any], data: Dataset, plan: TrialPlan) -> None:
-    """Tune's function trainable. ``params`` are the sampled hyperparameters of this trial."""
+    """Tune's function trainable. ``params`` are the sampled hyperparameters of this trial.
+
+    Ray's own failures (a lost node or object, a killed worker) propagate for Tune to retry
+    from the checkpoint; any other error is saved first, so every retry fails with it at once.
+    """
+    trial_dir = _trial_dir(plan)
+    _raise_saved_error(trial_dir)
+    try:
+        _train(params, data, plan)
+    except ray.exceptions.RayError:
+        raise
+    except Exception as exc:
+        _save_error(trial_dir, exc)
+        raise
+
+
+def _train(params: dict[str, Any], data: Dataset, plan: TrialPlan) -> None:
     torch.set_num_threads(plan.threads)
+    where = node_info()
+    labels = {"node": where["node"], "node_id": where["node_id"]}  # Tune adds node_ip and hostname itself
     # Validated once here, at the trial's boundary: a combination the config rejects (cross-key
     # rules the space could not check value by value) makes this trial error with that message.
     config = make_config({**plan.base, **params})
@@ -130,7 +198,7 @@ def train_trial(params: dict[str, Any], data: Dataset, plan: TrialPlan) -> None:
         finished = _restore(work, plan)
         done = {f["index"] for f in finished}
         if len(done) == len(plan.seeds):  # restored after its last seed: report the final state again
-            tune.report(trial_metrics(plan, finished, float(len(finished))))
+            tune.report({**trial_metrics(plan, finished, float(len(finished))), **labels})
             return
         for index, seed in enumerate(plan.seeds):
             if index in done:
@@ -142,7 +210,8 @@ def train_trial(params: dict[str, Any], data: Dataset, plan: TrialPlan) -> None:
                 # only evaluations carry the objective that Tune's searcher and scheduler need.
                 if "acc_mean" in row and "loss" not in row:
                     frac = row["iteration"] / max(1, seed_config.total_iterations)
-                    tune.report(trial_metrics(plan, finished, len(finished) + frac, partial=row["acc_mean"]))
+                    tune.report({**trial_metrics(plan, finished, len(finished) + frac, partial=row["acc_mean"]),
+                                 **labels})
 
             result = run(seed_config, report=report, data=data)
             if not all(math.isfinite(a) for a in result.accuracies):
@@ -150,10 +219,10 @@ def train_trial(params: dict[str, Any], data: Dataset, plan: TrialPlan) -> None:
             save_run(result, work / seed_dir(index))
             finished.append({"index": index, "seed": seed, "acc": result.acc_mean,
                              "accuracies": list(result.accuracies), "seconds": result.seconds,
-                             "dir": seed_dir(index)})
+                             "dir": seed_dir(index), **labels})
             (work / STATE_FILE).write_text(json.dumps({"params": params, "seeds": list(plan.seeds),
                                                        "finished": finished}, indent=1))
-            tune.report(trial_metrics(plan, finished, float(len(finished))),
+            tune.report({**trial_metrics(plan, finished, float(len(finished))), **labels},
                         checkpoint=tune.Checkpoint.from_directory(str(work)))
             _log_run(plan, finished[-1])
     finally:

@@ -10,7 +10,9 @@ PENDING forever), and runs Ray Tune:
   trials), Tune's seeded random search, or a grid;
 - scheduler: FIFO, or ASHA with seeds as its time unit;
 - at most ``concurrency`` trials at once, resources per trial, ``reuse_actors=True``, the
-  dataset passed once with ``tune.with_parameters``, one checkpoint kept per trial.
+  dataset passed once with ``tune.with_parameters``, one checkpoint kept per trial;
+- a trial whose node (or worker process) is lost is retried from its last finished seed, up to
+  ``MAX_FAILURES`` times; the trial's own errors are not retried (see ``trainable``).
 
 An experiment lives in ``<storage>/<name>/``. Running the same name again (or ``resume=True``)
 restores it with ``Tuner.restore(..., resume_unfinished=True)``: finished trials are kept,
@@ -47,6 +49,10 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Tune's own INFO/WARNING lines (snapshot timings, per-trial tracebacks) would drown the
 # progress display; every trial error still lands in its trial folder's error.txt.
 NOISY_LOGGERS = ("ray.tune", "ray.train", "ray.air", "optuna")
+# Retries of a trial whose node or worker died (Tune's FailureConfig.max_failures). Tune cannot
+# tell a lost node from the trial's own exception, so the trainable makes every retry after an
+# exception of its own fail again at once: only lost nodes and killed workers cost a real retry.
+MAX_FAILURES = 3
 
 
 @dataclass
@@ -179,7 +185,8 @@ def _new_tuner(space: SearchSpace, name: str, exp_dir: Path, trainable: Any, cal
     run_config = tune.RunConfig(
         name=name, storage_path=str(exp_dir.parent), verbose=0, callbacks=callbacks,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest holds every finished seed
-        failure_config=tune.FailureConfig(max_failures=0),  # an error is a result, not a retry
+        # A lost node is retried from the checkpoint; an error of the trial's own stays a result.
+        failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
     )
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
@@ -292,8 +299,9 @@ def search(space: SearchSpace, *, name: str, storage: str | Path | None = None, 
         space: a validated space (``load_space``).
         name: the experiment's name: its folder under ``storage``. An existing experiment of that
             name is resumed, and must have been started with the same space.
-        storage: the folder holding experiments (default ``results``); on a multi-machine cluster
-            it must be a filesystem every node can write.
+        storage: the folder holding experiments (default ``results``), a path or a
+            ``file:///abs/path`` URI; on a multi-machine cluster it must be a filesystem every
+            node can write (an ``s3://`` URI is a ``UserError``, see ``results.local_path``).
         data_dir: where the dataset files are (else ``$TUNE_DISTILL_DATA``, else the cache).
         address: a Ray cluster to join (``auto``, ``host:port``); default: the running Ray
             of this process, else a new local cluster.
@@ -301,7 +309,7 @@ def search(space: SearchSpace, *, name: str, storage: str | Path | None = None, 
         progress: print the live progress display.
 
     Raises:
-        UserError: a bad name, nothing to resume, a changed space, data that cannot be loaded,
+        UserError: a bad name or storage, nothing to resume, a changed space, data that cannot be loaded,
             or resources the cluster does not have; all before any trial starts.
     """
     if not NAME_RE.match(name):
