@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinn
 import numpy as np
 
 from tune_distill import make_config, run
-from tune_distill.recipe.config import load_config_file, parse_assignments
+from tune_distill.recipe.config import file_preset, load_config_file, parse_assignments
 from tune_distill.data import load_dataset
 
 OURS = Path(__file__).resolve().parents[1] / "configs" / "ours.yaml"
@@ -34,12 +34,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    values = {**load_config_file(args.config), **parse_assignments(args.set)}
+    values = load_config_file(args.config)
+    preset = file_preset(values, None, f"--config {args.config}")
+    values.update(parse_assignments(args.set))
     data = load_dataset("mnist", args.data_dir)
     seeds = []
     for seed in args.seeds:
         start = time.perf_counter()
-        result = run(make_config({**values, "seed": seed}), data=data)
+        result = run(make_config({**values, "seed": seed}, preset=preset), data=data)
         metrics = result.metrics()
         seeds.append({"seed": seed, "test": round(100 * result.acc_mean, 2),
                       "val": round(100 * metrics["val_acc_mean"], 2) if "val_acc_mean" in metrics else None,

@@ -105,3 +105,30 @@ def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path, args, message):
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_config_file_names_its_preset_and_a_different_preset_is_one_line(tmp_path, capsys):
+    # A named config (configs/*.yaml) is `preset:` plus the keys that differ from that preset;
+    # --config and a table row's config: build on it, and naming another preset beside it is an error.
+    from tune_distill import UserError, make_config
+    from tune_distill.cli import _config_from_args, build_parser
+    from tune_distill.recipe.table import Row, TableSpec
+
+    path = tmp_path / "small.yaml"
+    path.write_text("# a header\npreset: paper-dense\ndepth: 2\nlr: 0.05\n")
+    expected = make_config({"depth": 2, "lr": 0.05}, preset="paper-dense")
+    assert expected.family == "dense" and expected.norm == "none"  # the preset's, not the Config defaults
+    for argv in (["run", "--config", str(path)], ["run", "--config", str(path), "--preset", "paper-dense"]):
+        assert _config_from_args(build_parser().parse_args(argv)) == expected
+    spec = TableSpec("t", [], [1], [0], {}, tmp_path)
+    assert spec.config(Row("row", config="small.yaml"), 1, 0) == expected
+
+    assert main(["run", "--config", str(path), "--preset", "quick", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"tune-distill: error: --preset quick differs from the preset 'paper-dense' that --config {path} "
+                   "names; drop one\n")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(UserError) as exc:
+        spec.config(Row("row", preset="quick", config="small.yaml"), 1, 0)
+    assert str(exc.value) == ("table row 'row': preset 'quick' differs from the preset 'paper-dense' that its "
+                              "config small.yaml names; drop one")

@@ -178,7 +178,7 @@ def test_global_pool_and_to_dense_parity(mode):
 def mnist_input(mnist, n: int = 16, start: int = 0):
     batch = mnist.train.batch(torch.arange(start, start + n), 250)
     pts = batch.points.clone().requires_grad_(True)
-    x = encoding_of(make_config(preset="paper-sparse"))(PointBatch(pts, batch.batch, n), mnist.domain.grid_shape, True)
+    x = encoding_of(make_config(preset="paper-sparse"))(PointBatch(pts, batch.cloud, n), mnist.domain.grid_shape, True)
     return pts, x, mnist.train.labels[start : start + n]
 
 

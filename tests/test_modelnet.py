@@ -200,3 +200,42 @@ def test_run_evaluate_and_baseline_on_the_cli(tmp_path):
     config = (tmp_path / "kc" / "config.yaml").read_text()
     assert "init: kcenter" in config and "iterations: 0" in config and "points: 128" in config
     shutil.rmtree(tmp_path / "kc")
+
+
+@pytest.mark.parametrize("dataset", ["modelnet10", "modelnet40"])
+def test_search_results_export_report_and_table_on_3d_shapes(ray_cluster, tmp_path, capsys, dataset):
+    from plyfile import PlyData
+
+    from tune_distill import load_results
+    from tune_distill.cli import main
+    from tune_distill.tune import search, space_from_dict
+
+    small = dict(TINY, iterations=2, eval_models=1, eval_epochs=2, eval_test_size=40, eval_split="val",
+                 val_size={"modelnet10": 100, "modelnet40": 200}[dataset], dataset=dataset)
+    space = space_from_dict({"base": {"preset": "modelnet10-quick", "set": small},
+                             "params": {"init": {"choice": ["herding", "kcenter"]}},
+                             "search": {"algorithm": "grid", "seeds": 1, "concurrency": 2}})
+    outcome = search(space, name="mn", storage=tmp_path, data_dir=DATA)
+    assert outcome.finished == 2 and not outcome.interrupted
+    df = load_results("mn", storage=tmp_path)
+    assert sorted(df["init"]) == ["herding", "kcenter"] and (df["status"] == "done").all()
+    assert main(["export", "mn", "--storage", str(tmp_path), "--top", "1", "--out", str(tmp_path / "ex")]) == 0
+    [folder] = [p for p in (tmp_path / "ex").iterdir() if p.is_dir()]
+    classes = {"modelnet10": 10, "modelnet40": 40}[dataset]
+    assert len(list((folder / "ply").glob("*.ply"))) == classes
+    with np.load(folder / "synthetic.npz") as f:
+        cloud = f["points"][0]
+    vertex = PlyData.read(str(folder / "ply" / "class0_0.ply"))["vertex"]
+    assert np.allclose(np.stack([vertex["x"], vertex["y"], vertex["z"]], 1), cloud)  # the unit-sphere frame as is
+    assert main(["report", "mn", "--storage", str(tmp_path)]) == 0
+    assert (tmp_path / "mn" / "report" / "summary.md").exists()
+    # A results table on the same data: cells under <storage>/<name>/, printed from them.
+    spec = tmp_path / "t.yaml"
+    spec.write_text(json.dumps({"name": "t3d", "ipc": [1], "seeds": [0], "protocol": {"eval_split": "test"},
+                                "rows": [{"label": "herding", "preset": "modelnet10-quick",
+                                          "set": dict(small, init="herding", iterations=0)}]}))
+    capsys.readouterr()
+    assert main(["table", str(spec), "--storage", str(tmp_path), "--data-dir", str(DATA)]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "t3d" / "herding" / "ipc1" / "seed0" / "synthetic.npz").exists()
+    assert "| herding | 128 |" in out and "(1 seed)" in out

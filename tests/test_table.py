@@ -36,10 +36,10 @@ def test_table_runs_cells_once_and_renders_from_disk(tmp_path, mnist_dir, capsys
     spec = _write(tmp_path, SPEC)
     data = ["--data-dir", str(mnist_dir)] if mnist_dir else []
     assert main(["table", str(spec), "--storage", str(tmp_path), *data]) == 0
-    cells = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("table-tiny/*/ipc1/seed*/metrics.json"))
-    assert cells == [f"table-tiny/{row}/ipc1/seed{s}/metrics.json" for row in ("baseline-random-real", "tiny-distill")
+    cells = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("tiny/*/ipc1/seed*/metrics.json"))
+    assert cells == [f"tiny/{row}/ipc1/seed{s}/metrics.json" for row in ("baseline-random-real", "tiny-distill")
                      for s in (0, 1)]
-    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("table-tiny/*/ipc1/seed*/metrics.json")}
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("tiny/*/ipc1/seed*/metrics.json")}
     first, err = capsys.readouterr()
     assert "| baseline: random real |" in first and "| 61.0 |" in first
     # Each cell says what it runs before it runs (its folder appears only when it ends), and a
@@ -52,7 +52,7 @@ def test_table_runs_cells_once_and_renders_from_disk(tmp_path, mnist_dir, capsys
     assert main(["table", str(spec), "--storage", str(tmp_path), *data]) == 0
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
     assert capsys.readouterr().out.splitlines()[:4] == [ln for ln in first.splitlines() if ln.startswith("|")][:4]
-    table = (tmp_path / "table-tiny" / "table.md").read_text()
+    table = (tmp_path / "tiny" / "table.md").read_text()
     assert table.count("\n") == 4 and "± " in table
 
 
@@ -93,12 +93,12 @@ def test_a_row_tuned_for_one_ipc_runs_at_that_ipc_only(tmp_path, mnist_dir, caps
     spec = _write(tmp_path, {**SPEC, "ipc": [1, 2], "seeds": [0], "rows": rows})
     data = ["--data-dir", str(mnist_dir)] if mnist_dir else []
     assert main(["table", str(spec), "--storage", str(tmp_path), *data]) == 0
-    cells = sorted(p.relative_to(tmp_path / "table-tiny").as_posix()
-                   for p in tmp_path.glob("table-tiny/*/ipc*/seed*/metrics.json"))
+    cells = sorted(p.relative_to(tmp_path / "tiny").as_posix()
+                   for p in tmp_path.glob("tiny/*/ipc*/seed*/metrics.json"))
     assert cells == ["at-two/ipc2/seed0/metrics.json", "baseline-random-real/ipc1/seed0/metrics.json",
                      "baseline-random-real/ipc2/seed0/metrics.json"]
     at_two = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| at two |"))
-    assert at_two.split(" | ")[1] == "—" and at_two.endswith("| 0 / 1 |")
+    assert at_two.split(" | ")[1:3] == ["150", "—"] and at_two.endswith("| — / 1 |")
 
 
 def test_part_of_a_table_runs_alone_and_unknown_parts_are_errors(tmp_path, mnist_dir, capsys):
@@ -106,8 +106,8 @@ def test_part_of_a_table_runs_alone_and_unknown_parts_are_errors(tmp_path, mnist
     data = ["--data-dir", str(mnist_dir)] if mnist_dir else []
     args = ["table", str(spec), "--storage", str(tmp_path), *data]
     assert main([*args, "--rows", "baseline-random-real", "--seed", "1"]) == 0
-    cells = [p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("table-tiny/*/ipc1/seed*/metrics.json")]
-    assert cells == ["table-tiny/baseline-random-real/ipc1/seed1/metrics.json"]
+    cells = [p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("tiny/*/ipc1/seed*/metrics.json")]
+    assert cells == ["tiny/baseline-random-real/ipc1/seed1/metrics.json"]
     capsys.readouterr()
     for extra, message in ((["--rows", "nope"], "no row 'nope'; rows: baseline-random-real, tiny-distill"),
                            (["--seed", "7"], "seed 7 is not in the spec"), (["--ipc", "10"], "ipc 10 is not in the spec")):
@@ -123,7 +123,7 @@ def test_device_is_where_cells_run_and_the_table_names_gpu_cells(tmp_path, mnist
     args = ["table", str(spec), "--storage", str(tmp_path), *data]
     has_cuda = __import__("torch").cuda.is_available()
     assert main([*args, "--seed", "0", "--device", "auto"]) == 0
-    seed0 = tmp_path / "table-tiny" / "baseline-random-real" / "ipc1" / "seed0"
+    seed0 = tmp_path / "tiny" / "baseline-random-real" / "ipc1" / "seed0"
     # auto is recorded as the device the cell ran on, not as "auto"
     assert yaml.safe_load((seed0 / "config.yaml").read_text())["device"] == ("cuda" if has_cuda else "cpu")
     assert ("Ran on a GPU" in capsys.readouterr().out) == has_cuda
@@ -134,7 +134,7 @@ def test_device_is_where_cells_run_and_the_table_names_gpu_cells(tmp_path, mnist
         err = capsys.readouterr().err
         assert "no CUDA device is visible" in err and err.count("\n") == 1
         assert (seed0 / "metrics.json").stat().st_mtime_ns == stamp
-        assert not (tmp_path / "table-tiny" / "baseline-random-real" / "ipc1" / "seed1" / "metrics.json").exists()
+        assert not (tmp_path / "tiny" / "baseline-random-real" / "ipc1" / "seed1" / "metrics.json").exists()
     # A cell brought back from a GPU machine records device cuda in its config; the table says so.
     cfg = yaml.safe_load((seed0 / "config.yaml").read_text())
     (seed0 / "config.yaml").write_text(yaml.safe_dump({**cfg, "device": "cuda"}, sort_keys=False))

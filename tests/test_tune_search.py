@@ -59,7 +59,7 @@ def test_small_search_results_export_report(ray_cluster, mnist_dir, tmp_path, ca
     df = load_results("small", storage=tmp_path)
     assert list(df.columns) == [
         "trial", "trial_id", "status", "depth", "lr", "matching", "seeds_done", "acc_seed0", "acc_seed1", "acc_mean", "acc_std",
-        "acc_min", "objective", "best_seed", "seconds", "split", "synthetic", "error", "trial_dir"]
+        "acc_min", "objective", "best_seed", "seconds", "node", "split", "synthetic", "error", "trial_dir"]
     assert df["trial"].tolist() == [1, 2, 3] and (df["status"] == "done").all()
     assert (df["seeds_done"] == 2).all() and df["trial_id"].is_unique
     assert df["matching"].isin(["gradient", "distribution"]).all() and df["objective"].dtype == float
@@ -73,12 +73,34 @@ def test_small_search_results_export_report(ray_cluster, mnist_dir, tmp_path, ca
     study = optuna.load_study(study_name="small", storage=f"sqlite:///{tmp_path / 'small' / 'optuna.db'}")
     assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
     assert sorted(t.value for t in study.trials) == pytest.approx(sorted(df["objective"]))
+    # Every trial's full config (base + its params) as config/<key> columns, after the others: a key
+    # the space fixes holds the base's value, a searched key its param column's.
+    full = load_results("small", storage=tmp_path, config=True)
+    base = yaml.safe_load((tmp_path / "small" / BASE_FILE).read_text())
+    assert list(full.columns) == [*df.columns, *(f"config/{k}" for k in base)] == [*df.columns, *full.attrs["config"]]
+    assert base["pooling"] == "avg" and (full["config/pooling"] == "avg").all()  # quick's, not searched
+    assert (full["config/width"] == TINY["width"]).all()
+    for key in ("depth", "lr", "matching"):
+        assert full[f"config/{key}"].tolist() == full[key].tolist() == df[key].tolist()
 
     # CLI views: table, csv, json, markdown, group-by, where.
     capsys.readouterr()
     assert main(["results", "small", "--storage", str(tmp_path), "--format", "json", "--top", "2"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 2 and rows[0]["objective"] >= rows[1]["objective"]
+    assert list(rows[0]) == list(df.columns)  # the full config only when asked for
+    assert main(["results", "small", "--storage", str(tmp_path), "--format", "json", "--columns", "all"]) == 0
+    assert list(json.loads(capsys.readouterr().out)[0]) == list(full.columns)
+    assert main(["results", "small", "--storage", str(tmp_path), "--format", "csv", "--columns",
+                 "trial,config/pooling,config/lr", "--where", "config/depth == 2"]) == 0
+    chosen = capsys.readouterr().out.splitlines()
+    assert chosen[0] == "trial,config/pooling,config/lr" and len(chosen) == 1 + (df["depth"] == 2).sum()
+    assert all(line.split(",")[1] == "avg" for line in chosen[1:])
+    assert main(["results", "small", "--storage", str(tmp_path), "--group-by", "config/pooling",
+                 "--format", "csv"]) == 0
+    pooled = capsys.readouterr().out.splitlines()  # one group: the pooling every trial shares
+    assert pooled[0] == "config/pooling,mean,std,count" and len(pooled) == 2 and pooled[1].startswith("avg,")
+    assert pooled[1].endswith(",3")
     assert main(["results", "small", "--storage", str(tmp_path), "--group-by", "depth", "--format", "csv"]) == 0
     grouped = capsys.readouterr().out.splitlines()
     assert grouped[0] == "depth,mean,std,count" and sum(int(r.split(",")[-1]) for r in grouped[1:]) == 3
@@ -126,7 +148,7 @@ def test_small_search_results_export_report(ray_cluster, mnist_dir, tmp_path, ca
         assert (report / name).read_bytes()[:4] == b"\x89PNG"
     summary = (report / "summary.md").read_text()
     assert "## Best trial" in summary and f"Trial #{best['trial']}" in summary
-    assert f"objective={best['config/objective']}" in summary
+    assert f"matching={best['matching']}" in summary
 
 
 def test_same_experiment_seed_samples_the_same_configs(ray_cluster, mnist_dir, tmp_path):

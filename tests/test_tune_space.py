@@ -177,7 +177,10 @@ def test_unknown_experiment_names_are_one_line_errors_listing_what_exists(tmp_pa
     df = load_results("started", storage=storage)
     assert df.empty and list(df.columns) == [
         "trial", "trial_id", "status", "depth", "seeds_done", "acc_seed0", "acc_seed1", "acc_mean", "acc_std",
-        "acc_min", "objective", "best_seed", "seconds", "split", "synthetic", "error", "trial_dir"]
+        "acc_min", "objective", "best_seed", "seconds", "node", "split", "synthetic", "error", "trial_dir"]
+    # config=True: after those, a config/<key> column for every key of the trial's full config
+    full = load_results("started", storage=storage, config=True)
+    assert full.empty and list(full.columns) == [*df.columns, *(f"config/{k}" for k in space.base_values())]
     assert main(["results", "nope", "--storage", str(storage)]) == 2
     assert "existing: started" in capsys.readouterr().err
     assert main(["export", "started", "--storage", str(storage)]) == 2

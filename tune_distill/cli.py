@@ -16,7 +16,7 @@ from typing import Any, Callable, NoReturn
 
 import numpy as np
 
-from .recipe.config import Config, PRESETS, load_config_file, make_config, parse_assignments
+from .recipe.config import Config, PRESETS, file_preset, load_config_file, make_config, parse_assignments
 from .core.errors import UserError
 
 # Baselines are runs without iterations, named by the initialisation they evaluate. On MNIST
@@ -29,12 +29,13 @@ WHOLE_DIGIT = 400
 
 
 def _config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None, **forced: Any) -> Config:
-    """Preset, then ``--config`` file, then ``defaults``, then ``--set`` pairs, then ``--seed``,
-    then ``forced``: later wins."""
+    """Preset (``--preset``, or the ``--config`` file's ``preset:`` key), then the ``--config``
+    file, then ``defaults``, then ``--set`` pairs, then ``--seed``, then ``forced``: later wins."""
     preset = args.preset
     values: dict[str, Any] = {}
     if args.config:
         values.update(load_config_file(args.config))
+        preset = file_preset(values, preset, f"--config {args.config}")
     elif preset is None:
         preset = "quick"
     values.update(defaults or {})
@@ -145,12 +146,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     folder = path if path.is_dir() else path.parent
     points, labels = load_synthetic(path)
     values: dict[str, Any] = {}
+    preset = None
     if args.config or (folder / "config.yaml").exists():
-        values = load_config_file(args.config or folder / "config.yaml")
+        source = args.config or folder / "config.yaml"
+        values = load_config_file(source)
+        preset = file_preset(values, None, f"config file {source}")
     if args.dataset:
         values["dataset"] = args.dataset
-    preset = None
-    if not values:
+    if not values and preset is None:
         if not args.dataset:
             raise UserError(f"{path} has no config.yaml beside it; say which data it is for with --dataset "
                             f"({', '.join(FULL_PROTOCOL)}), or give --config")
@@ -231,36 +234,65 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(df: Any, params: list[str], group: bool = False) -> str:
+def _table(df: Any, params: list[str], group: bool = False, columns: list[str] | None = None) -> str:
     """A readable table: accuracies in %, paths left out."""
-    return _percent(df, params, group).to_string(index=False, na_rep="")
+    return _percent(df, params, group, columns).to_string(index=False, na_rep="")
 
 
-def _percent(df: Any, params: list[str], group: bool = False) -> Any:
-    """The columns a reader wants, accuracies in % (csv and json keep every column, as fractions)."""
+PERCENT = ("acc_mean", "acc_std", "acc_min", "objective")
+
+
+def _percent(df: Any, params: list[str], group: bool = False, columns: list[str] | None = None) -> Any:
+    """The columns a reader wants (or ``columns``), accuracies in % (csv and json keep every
+    column but the full config's, as fractions)."""
     shown = df.copy()
     if group:
         shown[["mean", "std"]] = (100 * shown[["mean", "std"]]).round(2)
-    else:
-        cols = ["trial", "status", *params, "seeds_done", "acc_mean", "acc_std", "acc_min", "objective", "seconds",
-                "node"]
-        if shown["error"].notna().any():
-            cols.append("error")
-        shown = shown[cols]
-        for c in ("acc_mean", "acc_std", "acc_min", "objective"):
+        return shown
+    cols = columns or ["trial", "status", *params, "seeds_done", "acc_mean", "acc_std", "acc_min", "objective",
+                       "seconds", "node"]
+    if columns is None and shown["error"].notna().any():
+        cols.append("error")
+    shown = shown[cols]
+    for c in shown.columns:
+        if c in PERCENT or str(c).startswith("acc_seed"):
             shown[c] = (100 * shown[c]).round(2)
+    if "seconds" in shown.columns:
         shown["seconds"] = shown["seconds"].round(1)
     return shown
 
 
-def cmd_results(args: argparse.Namespace) -> int:
-    from .tune.results import filter_rows, group_objective, leaderboard, load_results, to_markdown
+def _chosen_columns(df: Any, wanted: str) -> list[str]:
+    """``--columns``: comma-separated names (``config/<key>`` too), or ``all``; unknown names are one line."""
+    import difflib
 
-    df = load_results(args.name, args.storage)
+    from .tune.results import column_list
+
+    names = [c.strip() for c in wanted.split(",") if c.strip()]
+    if names == ["all"]:
+        return list(df.columns)
+    for name in names:
+        if name not in df.columns:
+            close = difflib.get_close_matches(name, list(map(str, df.columns)), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UserError(f"--columns: no column {name!r}; {hint}columns: {column_list(df)} (or all)")
+    if not names:
+        raise UserError("--columns: give column names, comma-separated (e.g. trial,objective,config/lr), or all")
+    return list(dict.fromkeys(names))
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from .tune.results import config_columns, filter_rows, group_objective, leaderboard, load_results, to_markdown
+
+    df = load_results(args.name, args.storage, config=True)  # config/<key> columns for --columns/--where/--group-by
     params = df.attrs["params"]
+    columns = _chosen_columns(df, args.columns) if args.columns else None
     if args.where:
         df = filter_rows(df, args.where)
     group = [c.strip() for c in args.group_by.split(",") if c.strip()] if args.group_by else []
+    if group and columns:
+        raise UserError("--columns chooses the trials' columns; under --group-by each row is a group "
+                        "(its columns, then mean, std, count); drop one")
     if group:
         out = group_objective(df, group)
     else:
@@ -268,17 +300,20 @@ def cmd_results(args: argparse.Namespace) -> int:
         out = scored.head(args.top) if args.top else scored
         if not args.top:  # every trial: the unscored (errored, pending) after the ranked ones
             out = df.loc[list(scored.index) + [i for i in df.index if i not in scored.index]]
+        # csv and json: every column but the full config's (config/<key>), unless --columns says
+        out = out[columns] if columns else out.drop(columns=config_columns(df))
     if args.format == "csv":
         print(out.to_csv(index=False), end="")
     elif args.format == "json":
         print(out.to_json(orient="records", indent=1))
     elif args.format == "markdown":  # for reading, like the table: accuracies in %, no paths
-        print(to_markdown(_percent(out, params, group)))
+        print(to_markdown(_percent(out, params, bool(group), columns)))
     else:
         if out.empty:
             print("no trials match" if args.where else "no trials yet")
         else:
-            print(("objective per group (in %):\n" if group else "accuracies in %:\n") + _table(out, params, group))
+            print(("objective per group (in %):\n" if group else "accuracies in %:\n")
+                  + _table(out, params, bool(group), columns))
     return 0
 
 
@@ -303,13 +338,14 @@ def cmd_table(args: argparse.Namespace) -> int:
     from .recipe.table import check_selection, load_table, render_markdown, run_table
 
     spec = load_table(args.spec)  # every cell's config validated before anything runs
-    root = Path(args.storage or "results") / f"table-{spec.name}"
+    root = Path(args.storage or "distilled") / spec.name
     rows = args.rows.split(",") if args.rows else None
     check_selection(spec, rows, args.ipc, args.seed)  # a typo fails with --no-run too
-    if not args.no_run:
+    runnable = next(((r, i) for r in spec.rows for i in spec.ipcs if r.runs_at(i)), None)
+    if not args.no_run and runnable is not None:
         from .recipe.run import load_data
 
-        first = spec.config(spec.rows[0], spec.ipcs[0], spec.seeds[0])
+        first = spec.config(runnable[0], runnable[1], spec.seeds[0])
         run_table(spec, root, lambda: load_data(first, args.data_dir),
                   rows=rows, ipcs=args.ipc, seeds=args.seed, device=args.device,
                   log=lambda line: print(line, flush=True), progress=_progress)
@@ -317,7 +353,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     root.mkdir(parents=True, exist_ok=True)
     (root / "table.md").write_text(markdown)
     print(markdown, end="")
-    print(f"(from the run folders under {root}/; written to {root / 'table.md'})")
+    print(f"(from the distilled sets under {root}/; written to {root / 'table.md'})")
     return 0
 
 
@@ -348,7 +384,13 @@ def _add_search_commands(sub: Any) -> None:
     p.add_argument("name", help="experiment name (or folder)")
     p.add_argument("--top", type=int, help="only the K best trials")
     p.add_argument("--group-by", metavar="COL[,COL]", help="mean/std/count of the objective per group")
-    p.add_argument("--where", metavar="EXPR", help="filter rows, pandas query syntax, e.g. \"depth == 2 and status == 'done'\"")
+    p.add_argument("--where", metavar="EXPR",
+                   help="filter rows, pandas query syntax, e.g. \"depth == 2 and status == 'done'\" or "
+                        "\"config/pooling == 'avg'\"")
+    p.add_argument("--columns", metavar="COL[,COL]|all",
+                   help="the columns to print, in this order: any of the default ones, the others (acc_seed0, "
+                        "synthetic, ...) and config/<key> for every key of a trial's full config (base + params), "
+                        "e.g. trial,objective,config/pooling; all: every column")
     p.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
     p.add_argument("--storage", metavar="DIR", help=storage_help)
     p.set_defaults(func=cmd_results)
@@ -369,8 +411,11 @@ def _add_search_commands(sub: Any) -> None:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="start from a named preset (default: quick; under --config, the paper protocol's defaults)")
-    p.add_argument("--config", metavar="FILE", help="a config.yaml (e.g. one a run wrote)")
+                   help="start from a named preset (default: quick; under --config, the file's preset: key, "
+                        "else the paper protocol's defaults)")
+    p.add_argument("--config", metavar="FILE",
+                   help="a config.yaml (one a run wrote, or a named one in configs/: preset: NAME plus the keys "
+                        "that differ from it)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--seed", type=int, help="the run's seed")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the dataset's files (else $TUNE_DISTILL_DATA, else a cache)")
@@ -414,13 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="table spec, e.g. tables/mnist.yaml")
     p.add_argument("--no-run", action="store_true", help="only render what is on disk")
     p.add_argument("--rows", metavar="ROW[,ROW]",
-                   help="only these rows, comma-separated: slugs (their folders under results/table-NAME/) "
+                   help="only these rows, comma-separated: slugs (their folders under distilled/NAME/) "
                         "or labels without commas")
     p.add_argument("--ipc", type=int, action="append", help="only this IPC (repeatable)")
     p.add_argument("--seed", type=int, action="append", help="only this seed (repeatable)")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"],
                    help="run the missing cells here (default: the spec's, cpu); the table marks GPU cells")
-    p.add_argument("--storage", metavar="DIR", help="folder holding results (default: results)")
+    p.add_argument("--storage", metavar="DIR",
+                   help="folder holding tables' cells, <DIR>/<table name>/<row>/ipc<k>/seed<s>/ (default: distilled)")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the dataset's files (else $TUNE_DISTILL_DATA, else a cache)")
     p.set_defaults(func=cmd_table)
     return parser

@@ -19,12 +19,12 @@ import torch
 class PointBatch:
     """A batch of clouds flattened to one list of points.
 
-    ``points`` is (M, D) float in grid coordinates, ``batch`` (M,) the cloud each point belongs
-    to, ``size`` the number of clouds (a cloud may have no points).
+    ``points`` is (M, D) float (grid cells, or the unit ball's xyz), ``cloud`` (M,) the index of
+    the cloud each point belongs to, ``size`` the number of clouds (a cloud may have no points).
     """
 
     points: torch.Tensor
-    batch: torch.Tensor
+    cloud: torch.Tensor
     size: int
 
     @staticmethod
@@ -35,13 +35,13 @@ class PointBatch:
         return PointBatch(points.reshape(b * p, -1), batch, b)
 
     def to(self, device: torch.device | str) -> "PointBatch":
-        return PointBatch(self.points.to(device), self.batch.to(device), self.size)
+        return PointBatch(self.points.to(device), self.cloud.to(device), self.size)
 
     def padded(self) -> torch.Tensor:
         """(size, P, D) with P the largest cloud's count; smaller clouds repeat their points
         cyclically, which leaves a max (or mean over a whole cycle) over points unchanged.
         Differentiable in the points; the batch must list its clouds in order (as built here)."""
-        counts = torch.bincount(self.batch, minlength=self.size)
+        counts = torch.bincount(self.cloud, minlength=self.size)
         if bool((counts == 0).any()):
             raise ValueError("cannot pad an empty cloud")
         first = torch.cumsum(counts, 0) - counts
@@ -53,7 +53,7 @@ class PointBatch:
         """The same clouds with every coordinate mapped to ``p * scale + offset``."""
         if scale == 1 and offset == 0:
             return self
-        return PointBatch(self.points * scale + offset, self.batch, self.size)
+        return PointBatch(self.points * scale + offset, self.cloud, self.size)
 
 
 @dataclass(frozen=True)
@@ -233,5 +233,5 @@ def voxelize(batch: PointBatch, grid_shape: tuple[int, ...]) -> torch.Tensor:
         return grid
     hi = torch.tensor(grid_shape, device=batch.points.device) - 1
     cells = torch.minimum(batch.points.detach().round().clamp(min=0), hi).long()
-    grid[(batch.batch, *cells.unbind(1))] = 1.0
+    grid[(batch.cloud, *cells.unbind(1))] = 1.0
     return grid

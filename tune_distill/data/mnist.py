@@ -9,7 +9,6 @@ user cache directory; missing files are downloaded from the usual mirrors when o
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import shutil
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import UserError
+from ..core.files import file_digest
 from ..core.cache import cache_root
 from ..core.types import Clouds, Dataset, Domain
 
@@ -59,11 +59,7 @@ def _has_any(path: Path) -> bool:
 
 
 def md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def ensure_files(directory: Path, download: bool = True) -> None:

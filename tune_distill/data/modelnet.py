@@ -14,7 +14,6 @@ holding ``modelnet10_pcd1024/``), else the user cache; nothing is downloaded.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 
 from ..core.cache import cache_root
 from ..core.errors import UserError
+from ..core.files import file_digest
 from ..core.types import Clouds, Dataset, Domain
 
 ENV_VAR = "TUNE_DISTILL_DATA"
@@ -58,14 +58,6 @@ def resolve_dir(name: str, data_dir: str | os.PathLike | None) -> Path:
     return path
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def normalize(points: np.ndarray) -> np.ndarray:
     """Each shape (N, P, 3) centred on its mean and scaled so that its farthest point has norm 1."""
     centred = points - points.mean(axis=1, keepdims=True)
@@ -81,7 +73,7 @@ def load_modelnet(name: str, data_dir: str | os.PathLike | None = None, verify: 
         path = directory / file
         if not path.is_file():
             raise UserError(f"{name} file {path} not found; {fix}")
-        if verify and sha256(path) != expected:
+        if verify and file_digest(path, "sha256") != expected:
             raise UserError(f"{name} file {path} is corrupt or not the expected file (SHA-256 mismatch); {fix}")
     classes = tuple((directory / "class_names.txt").read_text().split())
 

@@ -4,6 +4,12 @@ The protocol is DC's: K fresh ConvNets (width 128, depth 3, instance norm, avera
 SGD with lr 0.01, momentum 0.9, weight decay 5e-4, E epochs in batches of 256 with the learning
 rate divided by 10 after half of them, DC's crop/scale/rotate augmentation (one of the three per
 image) on the *training* images only, and the test accuracy on binarised test digits.
+
+The K models train one after another (``train_one``, ``torch.optim.SGD``), or with
+``EvalSettings.batched`` as one vmapped computation (``train_batched``, a functional SGD), meant
+for GPUs, where K small steps become one larger one. Each model keeps its own random streams, so
+both give the same models up to float rounding. On a CPU batched is slower (its convolutions
+are grouped ones; benchmarks/bench_eval.py).
 """
 
 from __future__ import annotations
@@ -153,16 +159,20 @@ def train_batched(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int
 
 def score_batched(forward: ParamForward, params: dict[str, torch.Tensor],
                   eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> list[dict[str, float]]:
-    """Per model of ``train_batched``'s stack, its accuracy on each named evaluation set."""
+    """Per model of ``train_batched``'s stack, its accuracy on each named evaluation set.
+
+    The models are scored in turn, not vmapped: a 2,000-image chunk is already a large
+    computation, and vmapped the convolutions would be grouped ones (measured 1.7x slower on the
+    2-core CPU, 2 models, 10,000 test digits). Instance norm has no running statistics, so the trained
+    (train-mode) function is the eval-mode one.
+    """
     models = len(next(iter(params.values())))
-    # Instance norm has no running statistics, so train mode is eval mode: no mode switch. The
-    # test images are shared by the models (in_dims None), in chunks of EVAL_BATCH / K so K
-    # models' activations take the memory one model's do.
-    predict = vmap(forward, in_dims=(0, None))
-    chunk = max(1, EVAL_BATCH // models)
-    scores = {name: _accuracies(lambda b: predict(params, b).argmax(-1), models, x, y, chunk)
-              for name, (x, y) in eval_sets.items()}
-    return [{name: acc[k] for name, acc in scores.items()} for k in range(models)]
+    scores = []
+    for k in range(models):
+        mine = {name: p[k] for name, p in params.items()}
+        scores.append({name: _accuracies(lambda b: forward(mine, b).argmax(1)[None], 1, x, y, EVAL_BATCH)[0]
+                       for name, (x, y) in eval_sets.items()})
+    return scores
 
 
 def train_and_test_batched(train_x: torch.Tensor, train_y: torch.Tensor,

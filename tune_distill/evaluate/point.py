@@ -103,13 +103,17 @@ class PointEvaluator:
 
 
 def draw_clouds(points: torch.Tensor, labels: torch.Tensor, path: Path, class_names: tuple[str, ...] = ()) -> None:
-    """Each cloud as a 3D scatter seen from above the front (z up), one row per class."""
-    pts = points.cpu().numpy()
+    """Each cloud as a 3D scatter (z up), one row per class; with one cloud per class, three views
+    of it (from the front-left, the front-right and above)."""
+    pts, labs = points.cpu().numpy(), labels.numpy()
+    views = [(20, -60), (20, 30), (75, -90)] if len(labs) == len(set(labs.tolist())) else [(20, -60)]
+    index = [(i, v) for i in range(len(labs)) for v in views]
 
-    def paint(ax, i: int) -> None:
+    def paint(ax, k: int) -> None:
+        i, (elev, azim) = index[k]
         p = pts[i]
         ax.scatter(p[:, 0], p[:, 1], p[:, 2], s=0.4, c=p[:, 2], cmap="viridis", depthshade=False)
         ax.set_xlim(-1, 1), ax.set_ylim(-1, 1), ax.set_zlim(-1, 1)
-        ax.view_init(elev=20, azim=-60)
+        ax.view_init(elev=elev, azim=azim)
 
-    draw_grid(path, labels.numpy(), class_names, paint, projection="3d", size=1.3)
+    draw_grid(path, labs[[i for i, _ in index]], class_names, paint, projection="3d", size=1.3)

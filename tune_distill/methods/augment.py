@@ -34,7 +34,7 @@ class PointTransform:
             g = torch.Generator(device=p.device).manual_seed(self.seed)
             noise = torch.randn(p.shape, generator=g, device=p.device) * self.jitter
             p = p + noise * (matrix.diagonal() != 0)  # no jitter along pinned axes
-        return PointBatch(p, batch.batch, batch.size)
+        return PointBatch(p, batch.cloud, batch.size)
 
 
 def sample_transform(domain: Domain, rotate: float, scale: float, translate: float, jitter: float,

@@ -44,7 +44,7 @@ class Encoding:
         if self.kind == "points":
             return batch.padded()
         if self.kind == "features":
-            x = SparseTensor.from_points(batch.points, batch.batch, batch.points, batch.size, grid_shape)
+            x = SparseTensor.from_points(batch.points, batch.cloud, batch.points, batch.size, grid_shape)
             return x if sparse else to_dense(x)
         cells, weights = self.splat_weights(batch, grid_shape, keep_zero=not sparse)
         coords, inverse = unique_cells(cells)
@@ -91,7 +91,7 @@ class Encoding:
         inside = ((cells >= 0) & (cells <= hi)).all(-1)
         if not keep_zero:
             inside &= weights > 0
-        b = batch.batch[:, None].expand_as(weights)
+        b = batch.cloud[:, None].expand_as(weights)
         index = torch.cat([b[inside][:, None], cells[inside].long()], 1)
         return index, weights[inside]
 
@@ -110,7 +110,7 @@ def _rounded_cells(batch: PointBatch, grid_shape: tuple[int, ...]) -> torch.Tens
     rounded = batch.points.detach().round()
     hi = torch.tensor(grid_shape, device=rounded.device) - 1
     inside = ((rounded >= 0) & (rounded <= hi)).all(1)
-    return torch.cat([batch.batch[inside, None], rounded[inside].long()], 1)
+    return torch.cat([batch.cloud[inside, None], rounded[inside].long()], 1)
 
 
 def _occupied(coords: torch.Tensor, occupied: torch.Tensor) -> torch.Tensor:

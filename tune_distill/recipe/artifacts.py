@@ -50,11 +50,16 @@ def save_picture(path: Path, points: np.ndarray, labels: np.ndarray, domain: Dom
 
 
 def save_run(result: "RunResult", out: str | os.PathLike) -> Path:
-    """Write a ``RunResult``'s artifacts into ``out`` (created if needed)."""
+    """Write a ``RunResult``'s artifacts into ``out`` (created if needed).
+
+    The full-data ceiling (``init=full``) writes no synthetic set: it is the training split
+    itself, tens of MB that the dataset already holds.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_synthetic(out / "synthetic.npz", result.points, result.labels)
-    save_picture(out / "synthetic.png", result.points, result.labels, result.domain, result.class_names)
+    if result.config.init != "full":
+        save_synthetic(out / "synthetic.npz", result.points, result.labels)
+        save_picture(out / "synthetic.png", result.points, result.labels, result.domain, result.class_names)
     (out / "metrics.json").write_text(json.dumps(result.metrics(), indent=2))
     pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
     (out / "config.yaml").write_text(yaml.safe_dump(result.config.model_dump(), sort_keys=False))

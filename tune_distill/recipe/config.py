@@ -167,7 +167,7 @@ class Config(BaseModel):
 MODELNET: dict[str, Any] = dict(
     family="pointnet", encoding="points", depth=3, width=64, pooling="max", norm="none", matching="distribution",
     network="resample", init="herding", points=1024, real_cap=None, optimizer="adam", lr=0.01, momentum=0.0,
-    iterations=500, batch_real=32, augment=False, aug_rotate=180.0, aug_scale=0.2, aug_translate=0.05,
+    iterations=200, batch_real=32, augment=False, aug_rotate=180.0, aug_scale=0.2, aug_translate=0.05,
     aug_jitter=0.0, eval_models=5, eval_epochs=500, eval_width=32, eval_depth=4, eval_lr=0.001, eval_batch=8,
     eval_augment=True, log_every=10,
 )
@@ -204,7 +204,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 2 CPU cores: 2 evaluation models, 100 iterations, 16 real clouds per class.
     "modelnet10-quick": dict(MODELNET, dataset="modelnet10", val_size=400, iterations=100, batch_real=16,
                              eval_models=2, eval_epochs=300),
-    # The full protocol: 5 evaluation PointNets, 500 iterations, 32 real clouds per class.
+    # The full protocol: 5 evaluation PointNets; 200 iterations, 32 real clouds per class (chosen
+    # on the validation split: docs/results.md, "ModelNet10").
     "modelnet10": dict(MODELNET, dataset="modelnet10", val_size=400),
     "modelnet40": dict(MODELNET, dataset="modelnet40", val_size=984),
 }
@@ -290,3 +291,17 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of config keys")
     return data
+
+
+def file_preset(values: dict[str, Any], preset: str | None, source: str, given: str = "") -> str | None:
+    """The preset a config file builds on: its optional top-level ``preset:`` key (popped from
+    ``values``), else ``preset``; both given and different is a one-line ``UserError`` that names
+    the file (``source``) and where ``preset`` came from (``given``, default ``--preset NAME``)."""
+    named = values.pop("preset", None)
+    if named is None:
+        return preset
+    if not isinstance(named, str):
+        raise UserError(f"{source}: preset must be a preset's name, one of: {', '.join(PRESETS)}; got {named!r}")
+    if preset is not None and preset != named:
+        raise UserError(f"{given or f'--preset {preset}'} differs from the preset {named!r} that {source} names; drop one")
+    return named

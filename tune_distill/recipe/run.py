@@ -81,9 +81,17 @@ class RunResult:
         return out
 
 
-def settings(cls: type[S], cfg: Config, **extra: Any) -> S:
-    """``cls`` filled from the config keys of the same names (``extra`` wins)."""
-    values = {f.name: getattr(cfg, f.name) for f in fields(cls) if f.name not in extra and hasattr(cfg, f.name)}
+def settings(cls: type[S], cfg: Config, prefix: str = "", **extra: Any) -> S:
+    """``cls`` filled from the config: each field from the key ``prefix + name`` if there is one,
+    else from the key ``name`` (``extra`` wins over both)."""
+    values = {}
+    for f in fields(cls):
+        if f.name in extra:
+            continue
+        for key in (prefix + f.name, f.name):
+            if key in Config.model_fields:
+                values[f.name] = getattr(cfg, key)
+                break
     return cls(**values, **extra)
 
 
@@ -96,14 +104,12 @@ def distill_settings(cfg: Config) -> DistillSettings:
 
 
 def trajectory_settings(cfg: Config) -> TrajectorySettings:
-    tm = {f.name: getattr(cfg, f"tm_{f.name}") for f in fields(TrajectorySettings) if hasattr(cfg, f"tm_{f.name}")}
-    return settings(TrajectorySettings, cfg, **tm, first_iteration=cfg.iterations, expert_batch=cfg.eval_batch,
+    return settings(TrajectorySettings, cfg, "tm_", first_iteration=cfg.iterations, expert_batch=cfg.eval_batch,
                     encoding=encoding_of(cfg))
 
 
 def eval_settings(cfg: Config) -> EvalSettings:
-    return EvalSettings(cfg.eval_models, cfg.eval_epochs, cfg.eval_width, cfg.eval_depth, cfg.eval_lr,
-                        cfg.eval_batch, cfg.eval_augment, cfg.eval_rotate, cfg.eval_batched)
+    return settings(EvalSettings, cfg, "eval_")
 
 
 def dataset_options(cfg: Config) -> dict[str, Any]:

@@ -3,10 +3,13 @@
 A table spec (YAML, see ``tables/mnist.yaml``) lists rows, the IPC values, the seeds and the
 evaluation protocol shared by every cell. A row is a ``label`` and a ``preset`` and/or a
 ``config`` file, with ``set`` overrides, ``ipc_set`` overrides per IPC, the ``paper``'s numbers
-per IPC, and ``ipc``: the IPCs it runs at, for a config tuned for those only (default: all). Running a
-table runs each missing (row, ipc, seed) cell and stores it as an ordinary run folder under
-``results/table-<name>/<row>/ipc<N>/seed<S>/``; rendering reads those folders back, so the
-markdown is always regenerated from experiments on disk, and an interrupted table resumes.
+per IPC (applied last, even over the protocol), and ``ipc``: the IPCs it runs at, for a config tuned for those only (default: all); a
+row with no preset, config or settings only shows published numbers. Running a table runs each
+missing (row, ipc, seed) cell and stores it as an ordinary run folder under
+``distilled/<name>/<row>/ipc<N>/seed<S>/`` (the synthetic set, its metrics and config: small,
+and committed, so anyone can check a number with ``tune-distill evaluate``); rendering reads
+those folders back, so the markdown is always regenerated from the shipped sets, and an
+interrupted table resumes.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
-from .config import Config, load_config_file, make_config
+from .config import Config, file_preset, load_config_file, make_config
 from .run import dataset_options
 from ..core.errors import UserError
 
@@ -38,7 +41,12 @@ class Row:
     only_ipc: tuple[int, ...] | None = None  # a config tuned for some IPCs runs at those only
 
     def runs_at(self, ipc: int) -> bool:
-        return self.only_ipc is None or ipc in self.only_ipc
+        return not self.published_only and (self.only_ipc is None or ipc in self.only_ipc)
+
+    @property
+    def published_only(self) -> bool:
+        """A row with nothing to run (no preset, config or settings): published numbers only."""
+        return self.preset is None and self.config is None and not self.overrides and not self.per_ipc
 
     @property
     def slug(self) -> str:
@@ -53,17 +61,24 @@ class TableSpec:
     seeds: list[int]
     protocol: dict
     base_dir: Path  # where config paths in the spec are resolved from
+    protocol_ipc: dict = field(default_factory=dict)  # ipc -> protocol keys that differ at that IPC
 
     def config(self, row: Row, ipc: int, seed: int) -> Config:
         values: dict[str, Any] = {}
+        preset = row.preset
         if row.config:
             values.update(load_config_file(self.base_dir / row.config))
+            preset = file_preset(values, preset, f"its config {row.config}",
+                                 given=f"table row {row.label!r}: preset {preset!r}")
         values.update(row.overrides)
-        values.update(row.per_ipc.get(ipc, {}))
         values.update(self.protocol)
+        values.update(self.protocol_ipc.get(ipc, {}))
+        # A row's ipc_set comes last, even over the protocol: its stated exceptions (e.g. the
+        # full-data ceiling trains its classifiers for fewer epochs over thousands of clouds).
+        values.update(row.per_ipc.get(ipc, {}))
         values.update(ipc=ipc, seed=seed)
         try:
-            return make_config(values, preset=row.preset)
+            return make_config(values, preset=preset)
         except UserError as exc:
             raise UserError(f"table row {row.label!r} (ipc {ipc}): {exc}") from None
 
@@ -91,9 +106,10 @@ def load_table(path: str | Path) -> TableSpec:
         hint = f"; shipped specs: {', '.join(shipped)}" if shipped else ""
         raise UserError(f"table spec {path} not found{hint}")
     raw = load_config_file(path)
-    unknown = set(raw) - {"name", "rows", "ipc", "seeds", "protocol"}
+    unknown = set(raw) - {"name", "rows", "ipc", "seeds", "protocol", "protocol_ipc"}
     if unknown:
-        raise UserError(f"table {path}: unknown key {sorted(unknown)[0]!r}; allowed: name, rows, ipc, seeds, protocol")
+        raise UserError(f"table {path}: unknown key {sorted(unknown)[0]!r}; "
+                        "allowed: name, rows, ipc, seeds, protocol, protocol_ipc")
     if not isinstance(raw.get("rows") or [], list):
         raise UserError(f"table {path}: rows must be a list of rows, each with a label")
     rows = []
@@ -118,7 +134,9 @@ def load_table(path: str | Path) -> TableSpec:
         raise UserError(f"table {path}: two rows have labels that make the same folder name {twin!r}; rename one")
     spec = TableSpec(raw.get("name") or path.stem, rows, _ints(raw.get("ipc", [1]), path, "ipc"),
                      _ints(raw.get("seeds", [0, 1, 2, 3, 4]), path, "seeds"),
-                     _mapping(raw.get("protocol"), path, "protocol"), path.parent)
+                     _mapping(raw.get("protocol"), path, "protocol"), path.parent,
+                     _mapping(raw.get("protocol_ipc"), path, "protocol_ipc", "{10: {eval_epochs: 60}}"))
+    _ints(spec.protocol_ipc, path, "the keys of protocol_ipc")
     if not spec.ipcs or not spec.seeds:
         raise UserError(f"table {path}: ipc and seeds need at least one value each, e.g. ipc: [1, 10]")
     data = set()
@@ -188,7 +206,7 @@ def run_table(spec: TableSpec, root: Path, load_data: Callable[[], Any], rows: l
                 cfg = spec.config(row, ipc, seed)
                 distills = f"{cfg.total_iterations} iterations, then " if cfg.total_iterations else ""
                 log(f"{row.label} | ipc {ipc} | seed {seed}: running {distills}"
-                    f"{cfg.eval_models} ConvNets x {cfg.eval_epochs} epochs")
+                    f"{cfg.eval_models} classifiers x {cfg.eval_epochs} epochs")
                 report, close = progress(cfg.total_iterations, cfg.eval_models) if progress else (None, lambda: None)
                 try:
                     result = run(cfg.replace(device=device) if device else cfg, report=report, data=data)
@@ -221,9 +239,9 @@ def collect(spec: TableSpec, root: Path) -> list[dict]:
     return records
 
 
-def _cell(values: list[float]) -> str:
+def _cell(values: list[float], runs: bool = True) -> str:
     if not values:
-        return "—"
+        return "not shipped" if runs else "—"
     if len(values) == 1:  # no spread to show: "± 0.00" would claim one
         return f"{values[0]:.2f} (1 seed)"
     return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
@@ -234,18 +252,24 @@ def render_markdown(spec: TableSpec, root: Path) -> str:
     records = collect(spec, root)
     lines = []
     ipcs = spec.ipcs
-    head = ["method"] + [f"IPC {i}: test %" for i in ipcs] + [f"IPC {i}: val %" for i in ipcs] + \
+    head = ["method", "points / cloud"] + [f"IPC {i}: test %" for i in ipcs] + [f"IPC {i}: val %" for i in ipcs] + \
         [f"paper, IPC {i}" for i in ipcs] + ["seeds"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for row in spec.rows:
         mine = {r["ipc"]: r for r in records if r["row"] == row.label}
-        cells = [row.label] + [_cell(mine[i]["test"]) for i in ipcs] + [_cell(mine[i]["val"]) for i in ipcs]
+        runs = [i for i in ipcs if row.runs_at(i)]
+        points = sorted({spec.config(row, i, spec.seeds[0]).points for i in runs})
+        cells = [row.label, " / ".join(map(str, points)) or "—"]
+        cells += [_cell(mine[i]["test"], row.runs_at(i)) for i in ipcs] + [_cell(mine[i]["val"], row.runs_at(i)) for i in ipcs]
         cells += [f"{mine[i]['paper']}" if mine[i]["paper"] is not None else "—" for i in ipcs]
-        cells.append(" / ".join(str(mine[i]["seeds"]) for i in ipcs))
+        cells.append(" / ".join(str(mine[i]["seeds"]) if row.runs_at(i) else "—" for i in ipcs))
         lines.append("| " + " | ".join(cells) + " |")
     gpu = [f"{r['row']} (IPC {r['ipc']}, seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))})"
            for r in records if (seeds := r["gpu_seeds"])]
     if gpu:  # CPU and GPU give different numbers for one seed: say which is which
         lines += ["", "Ran on a GPU (device cuda); every other cell ran on a CPU: " + "; ".join(gpu) + "."]
+    if any(not r["test"] and row.runs_at(r["ipc"]) for row in spec.rows for r in records if r["row"] == row.label):
+        lines += ["", "not shipped: no distilled set of that cell is under distilled/ (yet); `tune-distill table` "
+                      "runs it."]
     return "\n".join(lines) + "\n"

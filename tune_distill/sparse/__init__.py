@@ -6,9 +6,9 @@ MinkowskiEngine (optional; imported only when asked for).
 """
 
 from .ops import avg_pool, conv, dense_shape, global_pool, instance_norm, max_pool, to_dense
-from .tensor import CoordinateManager, KernelMap, SparseTensor, kernel_offsets, unique_cells
+from .tensor import CoordinateManager, KernelMap, SparseTensor, unique_cells
 
 __all__ = [
-    "CoordinateManager", "KernelMap", "SparseTensor", "kernel_offsets", "unique_cells",
+    "CoordinateManager", "KernelMap", "SparseTensor", "unique_cells",
     "avg_pool", "conv", "dense_shape", "global_pool", "instance_norm", "max_pool", "to_dense",
 ]

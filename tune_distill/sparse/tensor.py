@@ -179,17 +179,6 @@ def _axis_offsets(kernel_size: tuple[int, ...]) -> list[range]:
     return [range(-(k // 2), k // 2 + 1) if k % 2 else range(k) for k in kernel_size]
 
 
-def kernel_offsets(kernel_size: tuple[int, ...], stride: Stride, device: torch.device) -> torch.Tensor:
-    """MinkowskiEngine's hyper-cube region: (K, D) offsets in input-resolution units.
-
-    Odd sizes are centred ({-k//2 .. k//2}), even sizes start at the output cell ({0 .. k-1}).
-    Offsets are enumerated in C order, the order of a dense ``conv3d`` weight's spatial axes.
-    """
-    cells = torch.tensor(list(itertools.product(*_axis_offsets(kernel_size))), dtype=torch.long, device=device)
-    cells = cells.reshape(-1, len(stride))
-    return cells * torch.tensor(stride, device=device)
-
-
 def _radix(extent: list[int]) -> list[int]:
     """Mixed-radix weights: a row's key is sum_i (c_i - lo_i) * prod_{j > i} extent_j."""
     return [math.prod(extent[i + 1 :]) for i in range(len(extent))]

@@ -14,8 +14,7 @@ The DataFrame's columns, in order:
 ``status``         ``done`` (every seed ran), ``stopped`` (the scheduler stopped it early),
                    ``error``, ``running`` / ``pending`` (a live or interrupted search)
 *hyperparameters*  one column per searched key of ``params``, named by the key, or
-                   ``config/<key>`` for a key that is also a column below (the config's own
-                   ``objective``, gradient or distribution, beside the search's)
+                   ``config/<key>`` for a key that is also a column below
 ``seeds_done``     seeds finished
 ``acc_seed<i>``    accuracy of the i-th seed (mean over its evaluation models); NaN if not run
 ``acc_mean``       mean over finished seeds; ``acc_std`` their (population) std; ``acc_min``
@@ -28,6 +27,9 @@ The DataFrame's columns, in order:
 ``synthetic``      path of the best seed's ``synthetic.npz``
 ``error``          the exception line of an errored trial
 ``trial_dir``      the trial's folder
+``config/<key>``   with ``config=True`` only, last: every key of the trial's full config (the
+                   experiment's base config, then the trial's params), e.g. ``config/pooling``
+                   for a key the space fixes, as in Ray Tune's own DataFrames
 =================  ===========================================================================
 
 Reading needs no running Ray cluster (Ray's ``ExperimentAnalysis`` only parses files).
@@ -52,6 +54,7 @@ import pandas as pd
 import yaml
 
 from ..core.errors import UserError
+from ..recipe.config import Config
 from .objective import summarize
 from .space import SearchSpace, space_from_dict
 
@@ -61,6 +64,7 @@ BASE_FILE = "base_config.yaml"
 STUDY_FILE = "optuna.db"
 STATE_FILE = "trial.json"  # written by the trainable into every checkpoint
 
+CONFIG_PREFIX = "config/"  # the full config's columns (load_results(config=True)), as in Ray Tune's DataFrames
 FIXED_COLUMNS = ["trial", "trial_id", "status"]
 SUMMARY_COLUMNS = ["seeds_done", "acc_mean", "acc_std", "acc_min", "objective", "best_seed", "seconds",
                    "node", "split", "synthetic", "error", "trial_dir"]
@@ -70,10 +74,22 @@ URI_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 def param_column(key: str) -> str:
     """The results column of the searched config key ``key``.
 
-    The key itself, unless a result column already has that name: a search over the config's
-    ``objective`` (gradient or distribution matching) must not shadow the search's objective.
+    The key itself, unless a result column already has that name (a config key named like
+    ``objective`` or ``split`` must not shadow the search's own column).
     """
-    return f"config/{key}" if key in FIXED_COLUMNS or key in SUMMARY_COLUMNS else key
+    return f"{CONFIG_PREFIX}{key}" if key in FIXED_COLUMNS or key in SUMMARY_COLUMNS else key
+
+
+def config_columns(df: pd.DataFrame) -> list[str]:
+    """The full config's columns of ``df`` (``load_results(config=True)``), in order."""
+    return list(df.attrs.get("config", []))
+
+
+def column_list(df: pd.DataFrame) -> str:
+    """``df``'s columns for an error message, the many ``config/<key>`` ones in a few words."""
+    config = set(config_columns(df))
+    names = [str(c) for c in df.columns if c not in config]
+    return ", ".join(names) + (f", and {CONFIG_PREFIX}<key> for every config key" if config else "")
 
 
 # Finding experiments ---------------------------------------------------------------------
@@ -211,18 +227,22 @@ def _status(tune_status: str, seeds_done: int, seeds: int) -> str:
     return "running" if tune_status == "RUNNING" else "pending"
 
 
-def load_results(name_or_path: str | os.PathLike, storage: str | os.PathLike | None = None) -> pd.DataFrame:
+def load_results(name_or_path: str | os.PathLike, storage: str | os.PathLike | None = None,
+                 config: bool = False) -> pd.DataFrame:
     """One row per trial of an experiment (columns in this module's docstring).
 
     Args:
         name_or_path: an experiment name (looked up under ``storage``) or an experiment folder.
         storage: the folder holding experiments; default ``results`` (relative to the current
             directory), as for ``tune-distill search``.
+        config: also a ``config/<key>`` column for every key of each trial's full config (the
+            base config, then its params), after the other columns.
 
     Returns:
         A DataFrame ordered by trial number; ``df.attrs`` holds ``experiment`` (the folder),
-        ``space`` (the space as a mapping) and ``params`` (the hyperparameter columns, in the
-        order of the space's keys).
+        ``space`` (the space as a mapping), ``params`` (the hyperparameter columns, in the
+        order of the space's keys) and ``config`` (the ``config/<key>`` columns; empty unless
+        ``config``).
 
     Raises:
         UserError: no such experiment (the message lists those that exist).
@@ -231,16 +251,22 @@ def load_results(name_or_path: str | os.PathLike, storage: str | os.PathLike | N
     space = read_space(exp_dir)
     params = list(space.params)
     n_seeds = space.search.seeds
-    split = (read_base(exp_dir) if (exp_dir / BASE_FILE).is_file() else space.base_values()).get("eval_split", "test")
+    base = read_base(exp_dir) if (exp_dir / BASE_FILE).is_file() else space.base_values()
+    split = base.get("eval_split", "test")
+    param_columns = [param_column(p) for p in params]
+    keys = set(base) | set(params)  # in the Config's field order, then any other (an older key) by name
+    keys = [k for k in Config.model_fields if k in keys] + sorted(keys - set(Config.model_fields))
+    # A searched key that collides with a result column is already config/<key>: not twice.
+    config_keys = [k for k in keys if f"{CONFIG_PREFIX}{k}" not in param_columns] if config else []
     rows = []
-    for number, (trial_id, tune_status, config) in enumerate(_tune_trials(exp_dir), start=1):
+    for number, (trial_id, tune_status, trial_params) in enumerate(_tune_trials(exp_dir), start=1):
         trial_dir = exp_dir / f"trial_{trial_id}"
         ckpt, state = latest_state(trial_dir)
         finished = state.get("finished", [])
         summary = summarize([f["acc"] for f in finished], space.search.objective, space.search.robust_k)
         row: dict[str, Any] = {"trial": number, "trial_id": trial_id,
                                "status": _status(tune_status, len(finished), n_seeds)}
-        row.update({param_column(p): config.get(p) for p in params})
+        row.update({param_column(p): trial_params.get(p) for p in params})
         row["seeds_done"] = len(finished)
         by_index = {f["index"]: f["acc"] for f in finished}
         row.update({f"acc_seed{i}": by_index.get(i, math.nan) for i in range(n_seeds)})
@@ -254,13 +280,15 @@ def load_results(name_or_path: str | os.PathLike, storage: str | os.PathLike | N
         error_file = trial_dir / "error.txt"
         row["error"] = error_line(error_file.read_text()) if tune_status == "ERROR" and error_file.is_file() else None
         row["trial_dir"] = str(trial_dir)
+        trial_config = {**base, **trial_params}  # as the trainable builds it
+        row.update({f"{CONFIG_PREFIX}{k}": trial_config.get(k) for k in config_keys})
         rows.append(row)
-    param_columns = [param_column(p) for p in params]
+    config_cols = [f"{CONFIG_PREFIX}{k}" for k in config_keys]
     columns = (FIXED_COLUMNS + param_columns + ["seeds_done"] + [f"acc_seed{i}" for i in range(n_seeds)]
-               + SUMMARY_COLUMNS[1:])
+               + SUMMARY_COLUMNS[1:] + config_cols)
     df = pd.DataFrame(rows, columns=columns)
     df = df.sort_values("trial", kind="stable").reset_index(drop=True)
-    df.attrs.update(experiment=str(exp_dir), space=space.to_dict(), params=param_columns)
+    df.attrs.update(experiment=str(exp_dir), space=space.to_dict(), params=param_columns, config=config_cols)
     return df
 
 
@@ -290,7 +318,7 @@ def group_objective(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Mean, std and count of the objective per group of ``by`` (trials with an objective only)."""
     missing = [c for c in by if c not in df.columns]
     if missing:
-        raise UserError(f"--group-by: no column {missing[0]!r}; columns: {', '.join(map(str, df.columns))}")
+        raise UserError(f"--group-by: no column {missing[0]!r}; columns: {column_list(df)}")
     scored = df[df["objective"].notna()]
     grouped = scored.groupby(by, dropna=False)["objective"].agg(["mean", "std", "count"]).reset_index()
     mode = df.attrs.get("space", {}).get("search", {}).get("mode", "max")
@@ -298,12 +326,21 @@ def group_objective(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def filter_rows(df: pd.DataFrame, where: str) -> pd.DataFrame:
-    """``df.query(where)`` with a one-line error for a bad expression."""
+    """``df.query(where)`` with a one-line error for a bad expression.
+
+    A column named ``config/<key>`` may be written bare (``config/pooling == 'avg'``): it is
+    back-quoted for pandas, which reads ``/`` as division.
+    """
+    bare = re.compile(r"(?<![`\w'\"])config/(\w+)")
+    for key in bare.findall(where):
+        if f"{CONFIG_PREFIX}{key}" not in df.columns:
+            raise UserError(f"--where {where!r}: no column 'config/{key}'; columns: {column_list(df)}")
+    quoted = bare.sub(r"`config/\1`", where)
     try:
-        out = df.query(where)
+        out = df.query(quoted)
     except Exception as exc:
         raise UserError(f"--where {where!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
-                        f"columns: {', '.join(map(str, df.columns))}") from None
+                        f"columns: {column_list(df)}") from None
     out.attrs.update(df.attrs)
     return out
 

@@ -15,8 +15,8 @@ Each finished seed records the node it ran on (``node``: ``<ip>/<node id prefix>
 ``node_id``) in the checkpoint and in ``seed_runs.jsonl``; every report carries ``node`` and
 ``node_id`` too. Tune retries a trial whose node was lost (``FailureConfig.max_failures``), but an
 error of the trial's own (a NaN loss, a config the engine rejects) is a result, not something a
-retry fixes: the first one is saved in the trial folder (``trial_error.pkl``) and a retry raises
-it again at once, before any work.
+retry fixes: the first one is saved in the trial folder (``trial_error.pkl``), a retry raises it
+again at once, before any work, and ``OwnErrorsAreFinal`` makes that retry the last.
 """
 
 from __future__ import annotations
@@ -167,6 +167,20 @@ def _raise_saved_error(trial_dir: Path | None) -> None:
     except Exception as load_error:  # cut off by a kill during the write: still this trial's error
         exc = RuntimeError(f"this trial failed before; its error could not be read back ({load_error})")
     raise exc
+
+
+class OwnErrorsAreFinal(tune.Callback):
+    """Tune callback (driver side): a trial that raised an error of its own is retried once at most.
+
+    Tune decides on a retry before any callback runs, and counts a lost node and an exception in
+    the trial alike. The trainable's saved error makes that retry fail at once; from then on
+    ``max_failures`` 0 makes the trial's next failure final, so an errored trial costs one quick
+    restart instead of ``MAX_FAILURES``. Stateless, so it pickles with the experiment.
+    """
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.path and (Path(trial.path) / ERROR_FILE).is_file():
+            trial.max_failures = 0
 
 
 def train_trial(params: dict[str, Any], data: Dataset, plan: TrialPlan) -> None:

@@ -50,8 +50,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # progress display; every trial error still lands in its trial folder's error.txt.
 NOISY_LOGGERS = ("ray.tune", "ray.train", "ray.air", "optuna")
 # Retries of a trial whose node or worker died (Tune's FailureConfig.max_failures). Tune cannot
-# tell a lost node from the trial's own exception, so the trainable makes every retry after an
-# exception of its own fail again at once: only lost nodes and killed workers cost a real retry.
+# tell a lost node from the trial's own exception, so after an exception of its own the trainable
+# fails again at once and OwnErrorsAreFinal ends the retries: only lost nodes cost real retries.
 MAX_FAILURES = 3
 
 
@@ -345,6 +345,7 @@ def search(space: SearchSpace, *, name: str, storage: str | Path | None = None, 
 
     from .driverstate import StateBackup
     from .progress import Progress
+    from .trainable import OwnErrorsAreFinal
 
     started_ray = _connect(address)
     try:
@@ -356,8 +357,9 @@ def search(space: SearchSpace, *, name: str, storage: str | Path | None = None, 
             # Written last: its presence marks the folder as an experiment.
             (exp_dir / SPACE_FILE).write_text(yaml.safe_dump(space.to_dict(), sort_keys=False))
         trainable = _trainable(space, base, data, exp_dir)
-        callbacks = [StateBackup()] + ([Progress(space.num_trials, space.search.seeds, space.search.mode)]
-                                       if progress else [])
+        callbacks = [StateBackup(), OwnErrorsAreFinal()]
+        if progress:
+            callbacks.append(Progress(space.num_trials, space.search.seeds, space.search.mode))
         if progress:
             _announce(space, name, exp_dir, restoring)
         started = time.perf_counter()
