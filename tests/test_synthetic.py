@@ -18,7 +18,7 @@ def small(mnist):
     return mnist.train.subset(torch.arange(2000))
 
 
-@pytest.mark.parametrize("kind", INITS)
+@pytest.mark.parametrize("kind", [k for k in INITS if k != "full"])
 def test_every_init_has_the_right_shape_and_bounds(small, kind):
     g = torch.Generator().manual_seed(0)
     pts, labels = init_synthetic(kind, small, 10, MNIST, ipc=2, points=80, generator=g)
@@ -76,3 +76,10 @@ def test_snap_keeps_the_heaviest_cells_as_distinct_points():
     # Mass 0.5 + 0.5 (first point) + 1 + 1 (the doubled point) = 3 -> k = 3: both full cells and
     # one of the half cells; every point sits on a cell and the render has 3 pixels, not 2.
     assert len(cells) == 3 and {(9, 9), (9, 10)} < cells and cells & {(5, 5), (6, 5)}
+
+
+def test_full_is_every_training_cloud_with_its_label(small):
+    pts, labels = init_synthetic("full", small, 10, MNIST, ipc=2, points=80, generator=torch.Generator().manual_seed(0))
+    assert pts.shape == (2000, 80, 3) and torch.equal(labels, small.labels)
+    first = small.batch(torch.arange(1)).points
+    assert {tuple(p) for p in pts[0].tolist()} <= {tuple(p) for p in first.tolist()}  # cloud 0's own points

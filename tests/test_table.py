@@ -46,7 +46,7 @@ def test_table_runs_cells_once_and_renders_from_disk(tmp_path, mnist_dir, capsys
     # distilling cell shows its progress.
     logged = [ln.split(" | seed ")[1].split()[1] for ln in first.splitlines() if " | seed " in ln]
     assert [w if w == "running" else "%" for w in logged] == ["running", "%"] * 4, first
-    assert "running 1 ConvNets x 3 epochs" in first and "running 2 iterations, then 1 ConvNets" in first
+    assert "running 1 classifiers x 3 epochs" in first and "running 2 iterations, then 1 classifiers" in first
     assert "distilling" in err and "2/2" in err
     # A second call finds every cell on disk: nothing reruns, the same table comes out.
     assert main(["table", str(spec), "--storage", str(tmp_path), *data]) == 0
