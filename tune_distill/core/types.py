@@ -76,6 +76,10 @@ class Clouds:
     def counts(self) -> torch.Tensor:
         return self.offsets[1:] - self.offsets[:-1]
 
+    def members(self, label: int) -> torch.Tensor:
+        """Indices of the clouds of class ``label``, in order."""
+        return torch.nonzero(self.labels == label).flatten()
+
     def subset(self, indices: torch.Tensor | np.ndarray) -> "Clouds":
         """The clouds at ``indices``, as a new ragged set (used for splits)."""
         idx = torch.as_tensor(indices, dtype=torch.long)

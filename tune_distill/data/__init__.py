@@ -54,9 +54,8 @@ def hold_out(clouds: Clouds, size: int, num_classes: int, seed: int, stratified:
         if over:
             raise UserError(f"val_size={size} would take every cloud of class {over[0]} ({counts[over[0]]} clouds); "
                             f"choose a smaller val_size")
-        held = torch.cat([members[torch.randperm(len(members), generator=generator)[: take[c]]]
-                          for c in range(num_classes)
-                          for members in [torch.nonzero(clouds.labels == c).flatten()]])
+        held = torch.cat([clouds.members(c)[torch.randperm(int(counts[c]), generator=generator)[: take[c]]]
+                          for c in range(num_classes)])
     held = held.sort().values
     keep = torch.ones(len(clouds), dtype=torch.bool)
     keep[held] = False

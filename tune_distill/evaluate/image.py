@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
+from ..core.seeding import seeded
 from ..core.types import Clouds, PointBatch
 from ..data.image import dc_augment, render
 from ..nets.convnet import ConvNet
@@ -35,9 +36,7 @@ EVAL_BATCH = 2000  # test images per forward pass (one model)
 def _fresh_net(train_x: torch.Tensor, num_classes: int, settings: EvalSettings, seed: int) -> ConvNet:
     """Model ``seed``'s untrained ConvNet: its init draws from the global stream seeded ``seed``,
     forked so the caller's stream is left as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = ConvNet(train_x.shape[1], num_classes, train_x.shape[-1], settings.width, settings.depth)
+    net = seeded(seed, lambda: ConvNet(train_x.shape[1], num_classes, train_x.shape[-1], settings.width, settings.depth))
     return net.to(train_x.device)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..core.seeding import seeded
 from ..core.types import Clouds, Domain
 from ..nets.pointnet import PointNet
 from .pictures import draw_grid
@@ -54,9 +55,7 @@ def train_and_test(train_x: torch.Tensor, train_y: torch.Tensor, eval_sets: dict
                    num_classes: int, settings: EvalSettings, seed: int, up: int = 2) -> dict[str, float]:
     """Train one fresh PointNet on (train_x, train_y); its accuracy on each named evaluation set."""
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = PointNet(train_x.shape[-1], num_classes, settings.width, settings.depth, norm="batch")
+    net = seeded(seed, lambda: PointNet(train_x.shape[-1], num_classes, settings.width, settings.depth, norm="batch"))
     net = net.to(train_x.device)
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs)

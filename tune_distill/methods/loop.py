@@ -145,7 +145,7 @@ def distill(
     grid_shape, scale, offset = domain.voxels(cfg.voxel_res)
     in_channels = enc.in_channels(domain.dims)
     clouds = clouds.to(device)
-    by_class = [torch.nonzero(clouds.labels == c).flatten() for c in range(num_classes)]
+    by_class = [clouds.members(c) for c in range(num_classes)]
     real_gen = torch.Generator().manual_seed(stream(cfg.seed, "real"))
     aug_gen = torch.Generator().manual_seed(stream(cfg.seed, "augment"))
 

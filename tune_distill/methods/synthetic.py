@@ -130,7 +130,7 @@ def init_synthetic(
     else:
         per_class = []
         for c in range(num_classes):
-            members = torch.nonzero(clouds.labels == c).flatten()
+            members = clouds.members(c)
             if kind in ("real", "real_noise"):
                 pick = members[torch.randperm(len(members), generator=generator)[:ipc]]
                 per_class.append(clouds.padded(pick, points, generator))

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..core.cache import cache_path, cached
-from ..core.seeding import stream
+from ..core.seeding import seeded, stream
 from ..core.types import Clouds, Domain, PointBatch
 from ..data.image import dc_augment, render
 from ..nets import ConvNet
@@ -92,9 +92,7 @@ def _train_experts(cfg: TrajectorySettings, clouds: Clouds, grid_shape: tuple[in
     for e in range(cfg.experts):
         seed = stream(0, f"expert/{e}")  # not the run's seed: experts are shared by all runs
         gen = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = ConvNet(images.shape[1], num_classes, images.shape[-1], cfg.width, cfg.depth)
+        net = seeded(seed, lambda: ConvNet(images.shape[1], num_classes, images.shape[-1], cfg.width, cfg.depth))
         opt = torch.optim.SGD(net.parameters(), lr=cfg.expert_lr)
         trajectory = [[p.detach().clone() for p in net.parameters()]]
         for step in range(1, cfg.expert_steps + 1):

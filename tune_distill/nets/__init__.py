@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.seeding import seeded
 from ..sparse.backend import get_backend
 from .convnet import ConvNet
 from .pointnet import PointNet
@@ -33,14 +34,13 @@ def build_distill_net(settings: NetSettings, in_channels: int, grid_shape: tuple
     global RNG is forked, so building a network never disturbs anyone else's random stream.
     """
     s = settings
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if s.family == "pointnet":
-            return PointNet(in_channels, num_classes, s.width, s.depth, s.norm, s.pooling)
-        if s.family == "sparse":
-            backend = get_backend(s.backend, truncated=s.second_order == "truncated")
-            return SparseNet(in_channels, num_classes, grid_shape, s.depth, s.width, s.pooling, s.norm, backend)
-        return DenseNet(in_channels, num_classes, grid_shape, s.depth, s.width, s.pooling, s.norm)
+    if s.family == "pointnet":
+        return seeded(seed, lambda: PointNet(in_channels, num_classes, s.width, s.depth, s.norm, s.pooling))
+    if s.family == "sparse":
+        backend = get_backend(s.backend, truncated=s.second_order == "truncated")
+        return seeded(seed, lambda: SparseNet(in_channels, num_classes, grid_shape, s.depth, s.width, s.pooling, s.norm,
+                                              backend))
+    return seeded(seed, lambda: DenseNet(in_channels, num_classes, grid_shape, s.depth, s.width, s.pooling, s.norm))
 
 
 __all__ = ["ConvNet", "DenseNet", "NetSettings", "PointNet", "SparseNet", "build_distill_net"]

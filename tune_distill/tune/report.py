@@ -41,21 +41,12 @@ def _figure(width: float, height: float) -> Any:
 def importances(df: pd.DataFrame, space: SearchSpace) -> dict[str, float]:
     """Optuna's parameter importances of the objective over the scored trials ({} if too few)."""
     import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     scored = df[df["objective"].notna()]
     varying = [p for p in space.params if scored[param_column(p)].nunique(dropna=False) > 1]
     if len(scored) < 2 or not varying:
         return {}
-    dists: dict[str, Any] = {}
-    for p in varying:
-        d = space.params[p]
-        if d.kind == "choice":
-            dists[p] = CategoricalDistribution(list(d.choice))
-        elif d.kind == "int":
-            dists[p] = IntDistribution(*d.bounds, step=d.step or 1)
-        else:
-            dists[p] = FloatDistribution(*d.bounds, log=d.kind == "loguniform")
+    dists = {p: space.params[p].to_optuna() for p in varying}
     with quiet_loggers(("optuna",)), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. "quantiles select the same set of trials" for tiny studies
         study = optuna.create_study(direction="maximize" if space.search.mode == "max" else "minimize",

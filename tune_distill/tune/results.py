@@ -62,6 +62,13 @@ DEFAULT_STORAGE = "results"
 SPACE_FILE = "space.yaml"
 BASE_FILE = "base_config.yaml"
 STUDY_FILE = "optuna.db"
+
+
+def trial_folder(trial_id: str) -> str:
+    """A trial's folder in its experiment (set by the Tuner, read by the trainable and here)."""
+    return f"trial_{trial_id}"
+
+
 STATE_FILE = "trial.json"  # written by the trainable into every checkpoint
 
 CONFIG_PREFIX = "config/"  # the full config's columns (load_results(config=True)), as in Ray Tune's DataFrames
@@ -260,7 +267,7 @@ def load_results(name_or_path: str | os.PathLike, storage: str | os.PathLike | N
     config_keys = [k for k in keys if f"{CONFIG_PREFIX}{k}" not in param_columns] if config else []
     rows = []
     for number, (trial_id, tune_status, trial_params) in enumerate(_tune_trials(exp_dir), start=1):
-        trial_dir = exp_dir / f"trial_{trial_id}"
+        trial_dir = exp_dir / trial_folder(trial_id)
         ckpt, state = latest_state(trial_dir)
         finished = state.get("finished", [])
         summary = summarize([f["acc"] for f in finished], space.search.objective, space.search.robust_k)

@@ -72,6 +72,16 @@ class Distribution(BaseModel):
     def kind(self) -> str:
         return next(k for k in KINDS if self._get(k) is not None)
 
+    def to_optuna(self) -> Any:
+        """The same distribution as Optuna's (for its sampler and its importance evaluator)."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.kind == "choice":
+            return CategoricalDistribution(list(self.choice))
+        if self.kind == "int":
+            return IntDistribution(*self.bounds, step=self.step or 1)
+        return FloatDistribution(*self.bounds, log=self.kind == "loguniform")
+
     @property
     def bounds(self) -> tuple[Any, Any]:
         return self._get(self.kind)

@@ -42,8 +42,8 @@ from ..recipe.config import make_config
 from ..core.types import Dataset
 from ..recipe.run import run
 from .objective import summarize
+from .results import STATE_FILE, trial_folder
 
-STATE_FILE = "trial.json"  # in every checkpoint: the finished seeds
 RUNS_LOG = "seed_runs.jsonl"  # in the trial folder: one line per seed run that finished
 ERROR_FILE = "trial_error.pkl"  # in the trial folder: the trial's own error, raised again by a retry
 
@@ -76,7 +76,7 @@ def _trial_dir(plan: TrialPlan) -> Path | None:
     """This trial's folder in the experiment (on storage every node reaches), if known."""
     if plan.experiment_dir is None:
         return None
-    return Path(plan.experiment_dir) / f"trial_{tune.get_context().get_trial_id()}"
+    return Path(plan.experiment_dir) / trial_folder(tune.get_context().get_trial_id())
 
 
 def trial_metrics(plan: TrialPlan, finished: list[dict], progress: float, partial: float | None = None) -> dict[str, Any]:

@@ -39,7 +39,7 @@ import yaml
 from ..recipe.config import make_config
 from ..recipe.run import load_data
 from ..core.errors import UserError
-from .results import (BASE_FILE, SPACE_FILE, STUDY_FILE, list_experiments, load_results, read_base,
+from .results import (BASE_FILE, SPACE_FILE, STUDY_FILE, list_experiments, load_results, read_base, trial_folder,
                       read_space, storage_dir)
 from .space import SearchSpace
 from .util import quiet_loggers
@@ -71,7 +71,7 @@ class SearchOutcome:
 
 def trial_dirname(trial: Any) -> str:
     """Short trial folder names (Tune's default repeats every hyperparameter)."""
-    return f"trial_{trial.trial_id}"
+    return trial_folder(trial.trial_id)
 
 
 # Building the pieces ------------------------------------------------------------------------
@@ -97,20 +97,6 @@ def _tune_domains(space: SearchSpace) -> dict[str, Any]:
     return out
 
 
-def _optuna_distributions(space: SearchSpace) -> dict[str, Any]:
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    out: dict[str, Any] = {}
-    for key, d in space.params.items():
-        if d.kind == "choice":
-            out[key] = CategoricalDistribution(list(d.choice))
-        elif d.kind in ("uniform", "loguniform"):
-            out[key] = FloatDistribution(*d.bounds, log=d.kind == "loguniform")
-        else:
-            out[key] = IntDistribution(*d.bounds, step=d.step or 1)
-    return out
-
-
 def study_url(exp_dir: Path) -> str:
     """The optuna storage URL of an experiment's study (what ``optuna-dashboard`` takes)."""
     return f"sqlite:///{(exp_dir / STUDY_FILE).resolve()}"
@@ -131,7 +117,7 @@ def _searcher(space: SearchSpace, name: str, exp_dir: Path) -> tuple[Any, dict[s
         startup = max(2, min(10, space.num_trials // 3))
         sampler = optuna.samplers.TPESampler(seed=space.searcher_seed, n_startup_trials=startup, constant_liar=True)
         storage = optuna.storages.RDBStorage(study_url(exp_dir))
-        searcher = ResumableOptunaSearch(space=_optuna_distributions(space), metric="objective", mode=s.mode,
+        searcher = ResumableOptunaSearch(space={key: d.to_optuna() for key, d in space.params.items()}, metric="objective", mode=s.mode,
                                          sampler=sampler, storage=storage, study_name=name)
         if s.concurrency:
             # With batch, TPE is told of a batch's trials only when all have ended, and asked for
