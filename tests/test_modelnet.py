@@ -227,6 +227,14 @@ def test_search_results_export_report_and_table_on_3d_shapes(ray_cluster, tmp_pa
         cloud = f["points"][0]
     vertex = PlyData.read(str(folder / "ply" / "class0_0.ply"))["vertex"]
     assert np.allclose(np.stack([vertex["x"], vertex["y"], vertex["z"]], 1), cloud)  # the unit-sphere frame as is
+    # The exported set re-scored with its dataset's evaluator: the trial's own accuracy (at the
+    # trial's thread count, one: CPU results are reproducible at a fixed thread count).
+    torch.set_num_threads(1)
+    capsys.readouterr()
+    assert main(["evaluate", str(folder), "--data-dir", str(DATA)]) == 0
+    scored = json.loads(capsys.readouterr().out.splitlines()[-1])
+    recorded = json.loads((folder / "metrics.json").read_text())
+    assert scored["split"] == "val" and scored["accuracies"] == recorded["accuracies"]
     assert main(["report", "mn", "--storage", str(tmp_path)]) == 0
     assert (tmp_path / "mn" / "report" / "summary.md").exists()
     # A results table on the same data: cells under <storage>/<name>/, printed from them.
