@@ -27,7 +27,7 @@ from ..core.types import Clouds, PointBatch
 from ..data.image import dc_augment, render
 from ..nets.convnet import ConvNet
 from .pictures import draw_grid
-from .settings import EvalSettings, Progress
+from .settings import EvalSettings, Progress, each_model
 
 MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4  # DC's SGD
 EVAL_BATCH = 2000  # test images per forward pass (one model)
@@ -77,7 +77,8 @@ def _accuracies(predict: Callable[[torch.Tensor], torch.Tensor], models: int, im
 
 
 def accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = EVAL_BATCH) -> float:
-    """Top-1 accuracy of ``net`` on images, in batches, without gradients."""
+    """Top-1 accuracy of ``net`` on a stack of inputs (images, or padded point clouds), in eval
+    mode, in batches, without gradients."""
     net.eval()
     acc = _accuracies(lambda x: net(x).argmax(1)[None], 1, images, labels, batch)[0]
     net.train()
@@ -190,20 +191,16 @@ def evaluate_images(train_x: torch.Tensor, train_y: torch.Tensor, eval_sets: dic
     ``settings.batched`` trains them all at once (``train_and_test_batched``); then ``progress``
     hears of the K models only when all are done.
     """
-    if progress is not None:
-        progress(0, settings.models)
     if settings.batched:
+        if progress is not None:
+            progress(0, settings.models)
         runs = train_and_test_batched(train_x, train_y, eval_sets, num_classes, settings,
                                       [seed + k for k in range(settings.models)])
         if progress is not None:
             progress(settings.models, settings.models)
         return {name: [r[name] for r in runs] for name in eval_sets}
-    runs = []
-    for k in range(settings.models):
-        runs.append(train_and_test(train_x, train_y, eval_sets, num_classes, settings, seed + k))
-        if progress is not None:
-            progress(k + 1, settings.models)
-    return {name: [r[name] for r in runs] for name in eval_sets}
+    return each_model(settings.models, seed,
+                      lambda s: train_and_test(train_x, train_y, eval_sets, num_classes, settings, s), progress)
 
 
 class ImageEvaluator:

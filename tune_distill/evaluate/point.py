@@ -21,7 +21,8 @@ from ..core.seeding import seeded
 from ..core.types import Clouds, Domain
 from ..nets.pointnet import PointNet
 from .pictures import draw_grid
-from .settings import EvalSettings, Progress
+from .image import accuracy
+from .settings import EvalSettings, Progress, each_model
 
 
 def augment_clouds(x: torch.Tensor, generator: torch.Generator, up: int, rotate: bool) -> torch.Tensor:
@@ -38,17 +39,6 @@ def augment_clouds(x: torch.Tensor, generator: torch.Generator, up: int, rotate:
         rot[:, a, a], rot[:, a, c], rot[:, c, a], rot[:, c, c] = angle.cos(), -angle.sin(), angle.sin(), angle.cos()
         x = x @ rot.transpose(1, 2).to(x)
     return x
-
-
-def accuracy(net: torch.nn.Module, clouds: torch.Tensor, labels: torch.Tensor, batch: int = 256) -> float:
-    """Top-1 accuracy of ``net`` on (N, P, 3) clouds, in batches, in eval mode."""
-    net.eval()
-    correct = 0
-    with torch.no_grad():
-        for x, y in zip(clouds.split(batch), labels.split(batch)):
-            correct += int((net(x).argmax(1) == y).sum())
-    net.train()
-    return correct / max(1, len(labels))
 
 
 def train_and_test(train_x: torch.Tensor, train_y: torch.Tensor, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
@@ -75,7 +65,7 @@ def train_and_test(train_x: torch.Tensor, train_y: torch.Tensor, eval_sets: dict
             loss.backward()
             opt.step()
         schedule.step()
-    return {name: accuracy(net, x, y) for name, (x, y) in eval_sets.items()}
+    return {name: accuracy(net, x, y, batch=256) for name, (x, y) in eval_sets.items()}
 
 
 class PointEvaluator:
@@ -90,14 +80,8 @@ class PointEvaluator:
     def __call__(self, points: torch.Tensor, labels: torch.Tensor, seed: int,
                  progress: Progress | None = None) -> dict[str, list[float]]:
         x, y = points.detach().to(self.device), labels.to(self.device)
-        runs = []
-        if progress is not None:
-            progress(0, self.settings.models)
-        for k in range(self.settings.models):
-            runs.append(train_and_test(x, y, self.sets, self.num_classes, self.settings, seed + k, self.domain.up))
-            if progress is not None:
-                progress(k + 1, self.settings.models)
-        return {name: [r[name] for r in runs] for name in self.sets}
+        return each_model(self.settings.models, seed, lambda s: train_and_test(
+            x, y, self.sets, self.num_classes, self.settings, s, self.domain.up), progress)
 
 
 

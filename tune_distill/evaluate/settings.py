@@ -1,4 +1,5 @@
-"""How a synthetic set is evaluated: the settings every evaluator takes (the ``eval_*`` config keys)."""
+"""How a synthetic set is evaluated: the settings every evaluator takes (the ``eval_*`` config keys),
+and the loop over the K classifiers that every evaluator runs."""
 
 from __future__ import annotations
 
@@ -27,3 +28,17 @@ class EvalSettings:
     augment: bool = True
     rotate: bool = False
     batched: bool = False
+
+
+def each_model(models: int, seed: int, fit: Callable[[int], dict[str, float]],
+               progress: Progress | None = None) -> dict[str, list[float]]:
+    """Per split, the accuracies of ``models`` classifiers, ``fit(seed + k)`` training and scoring
+    the k-th one; ``progress`` hears of each as it ends (and of none done, first)."""
+    if progress is not None:
+        progress(0, models)
+    runs = []
+    for k in range(models):
+        runs.append(fit(seed + k))
+        if progress is not None:
+            progress(k + 1, models)
+    return {name: [r[name] for r in runs] for name in runs[0]} if runs else {}
