@@ -1,5 +1,5 @@
-"""Shared fixtures: the real MNIST files (../shared/data/mnist or $TUNE_DISTILL_DATA), loaded once,
-and the devices to run device tests on."""
+"""Shared fixtures: the real MNIST files (../shared/data/mnist or $TUNE_DISTILL_DATA) and ModelNet10
+files, loaded once, and the devices to run device tests on."""
 
 from __future__ import annotations
 
@@ -32,6 +32,14 @@ def mnist(mnist_dir):
     from tune_distill.data import load_dataset
 
     return load_dataset("mnist", mnist_dir)
+
+
+@pytest.fixture(scope="session")
+def modelnet10():
+    """The real ModelNet10 files beside the repo (../shared/data/modelnet10_pcd1024), loaded once."""
+    from tune_distill.data import load_dataset
+
+    return load_dataset("modelnet10", REPO.parent / "shared" / "data" / "modelnet10_pcd1024")
 
 
 @pytest.fixture(params=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))

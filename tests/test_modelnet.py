@@ -31,8 +31,8 @@ TINY = dict(iterations=3, batch_real=4, width=16, eval_models=2, eval_epochs=3, 
 
 
 @pytest.fixture(scope="module")
-def mn10():
-    return load_dataset("modelnet10", MN10)
+def mn10(modelnet10):
+    return modelnet10
 
 
 def test_modelnet10_is_the_official_split_normalised_into_the_unit_ball(mn10):

@@ -5,29 +5,27 @@ SGD with lr 0.01, momentum 0.9, weight decay 5e-4, E epochs in batches of 256 wi
 rate divided by 10 after half of them, DC's crop/scale/rotate augmentation (one of the three per
 image) on the *training* images only, and the test accuracy on binarised test digits.
 
-The K models train one after another (``train_one``, ``torch.optim.SGD``), or with
-``EvalSettings.batched`` as one vmapped computation (``train_batched``, a functional SGD), meant
-for GPUs, where K small steps become one larger one. Each model keeps its own random streams, so
-both give the same models up to float rounding. On a CPU batched is slower (its convolutions
-are grouped ones; benchmarks/bench_eval.py).
+The K models train one after another (``train_one``), or with ``EvalSettings.batched`` as one
+computation (``train_batched``, ``evaluate.stack``), where on a GPU each kernel launch does K
+models' work. Each model keeps its own random streams, so both give the same models up to float
+rounding.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, stack_module_state, vmap
 
 from ..core.seeding import seeded
 from ..core.types import Clouds, PointBatch
 from ..data.image import dc_augment, render
 from ..nets.convnet import ConvNet
 from .pictures import draw_grid
-from .settings import EvalSettings, Progress, each_model
+from .settings import EvalSettings, Progress, train_models
+from .stack import ModelStack
 
 MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4  # DC's SGD
 EVAL_BATCH = 2000  # test images per forward pass (one model)
@@ -110,76 +108,35 @@ def train_and_test(train_x: torch.Tensor, train_y: torch.Tensor, eval_sets: dict
     return {name: accuracy(net, x, y) for name, (x, y) in eval_sets.items()}
 
 
-def _sgd(params: list[torch.Tensor], grads: Sequence[torch.Tensor], buffers: list[torch.Tensor | None],
-         lr: float) -> None:
-    """In place, ``torch.optim.SGD(momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)``'s step op for op
-    (no dampening, no Nesterov), so the batched models follow the one-by-one updates."""
-    with torch.no_grad():
-        for i, (p, g) in enumerate(zip(params, grads)):
-            d_p = g.add(p, alpha=WEIGHT_DECAY)
-            if buffers[i] is None:
-                buffers[i] = d_p.clone()  # torch starts the buffer at the first step's decayed gradient
-            else:
-                buffers[i].mul_(MOMENTUM).add_(d_p)
-            p.add_(buffers[i], alpha=-lr)
-
-
-ParamForward = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]  # (one model's parameters, images) -> logits
-
-
 def train_batched(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, settings: EvalSettings,
-                  seeds: Sequence[int]) -> tuple[ParamForward, dict[str, torch.Tensor]]:
-    """``train_one`` for every seed as one computation: the K ConvNets' parameters stacked and
-    ``vmap``-ed through one forward and backward per step, with a functional SGD.
+                  seeds: Sequence[int], vectorise: bool | None = None) -> ModelStack:
+    """``train_one`` for every seed as one computation (``evaluate.stack``): the K ConvNets'
+    parameters stacked and stepped by one ``torch.optim.SGD``.
 
-    Returns the ConvNet as a function of its parameters and the K trained parameter sets stacked
-    along a leading axis. Each model keeps its own random streams (init, permutations,
-    augmentation), so they are ``train_one``'s up to float rounding: a batched convolution is a
-    grouped one, which sums in another order.
+    Each model keeps its own random streams (init, permutations, augmentation), so they are
+    ``train_one``'s up to float rounding (on CUDA a vmapped convolution is a grouped one, which
+    sums in another order).
     """
-    nets = [_fresh_net(train_x, num_classes, settings, s) for s in seeds]
-    stacked, _ = stack_module_state(nets)  # ConvNet has no buffers: GroupNorm keeps no running stats
-    names, params = list(stacked), list(stacked.values())
-    skeleton = copy.deepcopy(nets[0]).to("meta")
-
-    def forward(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return functional_call(skeleton, p, (x,))
-
-    losses = vmap(lambda p, x, y: F.cross_entropy(forward(p, x), y))
-    momentum: list[torch.Tensor | None] = [None] * len(params)
+    stack = ModelStack([_fresh_net(train_x, num_classes, settings, s) for s in seeds], vectorise)
+    opt = torch.optim.SGD(list(stack.params.values()), lr=settings.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
 
     def step(x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
-        # The models share no parameters, so the gradient of the summed losses is each model's own.
-        grads = torch.autograd.grad(losses(dict(zip(names, params)), x, y).sum(), params)
-        _sgd(params, grads, momentum, lr)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = stack.loss(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
 
     _train(train_x, train_y, [torch.Generator().manual_seed(s) for s in seeds], settings, step)
-    return forward, {n: p.detach() for n, p in zip(names, params)}
-
-
-def score_batched(forward: ParamForward, params: dict[str, torch.Tensor],
-                  eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> list[dict[str, float]]:
-    """Per model of ``train_batched``'s stack, its accuracy on each named evaluation set.
-
-    The models are scored in turn, not vmapped: a 2,000-image chunk is already a large
-    computation, and vmapped the convolutions would be grouped ones (measured 1.7x slower on the
-    2-core CPU, 2 models, 10,000 test digits). Instance norm has no running statistics, so the trained
-    (train-mode) function is the eval-mode one.
-    """
-    models = len(next(iter(params.values())))
-    scores = []
-    for k in range(models):
-        mine = {name: p[k] for name, p in params.items()}
-        scores.append({name: _accuracies(lambda b: forward(mine, b).argmax(1)[None], 1, x, y, EVAL_BATCH)[0]
-                       for name, (x, y) in eval_sets.items()})
-    return scores
+    return stack
 
 
 def train_and_test_batched(train_x: torch.Tensor, train_y: torch.Tensor,
                            eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]], num_classes: int,
                            settings: EvalSettings, seeds: Sequence[int]) -> list[dict[str, float]]:
-    """``train_and_test`` for every seed, all models trained and scored at once."""
-    return score_batched(*train_batched(train_x, train_y, num_classes, settings, seeds), eval_sets)
+    """``train_and_test`` for every seed, all models trained at once."""
+    return train_batched(train_x, train_y, num_classes, settings, seeds).scores(eval_sets, EVAL_BATCH)
 
 
 def evaluate_images(train_x: torch.Tensor, train_y: torch.Tensor, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
@@ -188,19 +145,11 @@ def evaluate_images(train_x: torch.Tensor, train_y: torch.Tensor, eval_sets: dic
     """Per evaluation set, the accuracies of ``settings.models`` ConvNets trained from scratch
     (seeds seed, seed+1, ...); every set is scored by the same trained networks.
 
-    ``settings.batched`` trains them all at once (``train_and_test_batched``); then ``progress``
-    hears of the K models only when all are done.
+    ``settings.batched`` trains them all at once (``train_and_test_batched``).
     """
-    if settings.batched:
-        if progress is not None:
-            progress(0, settings.models)
-        runs = train_and_test_batched(train_x, train_y, eval_sets, num_classes, settings,
-                                      [seed + k for k in range(settings.models)])
-        if progress is not None:
-            progress(settings.models, settings.models)
-        return {name: [r[name] for r in runs] for name in eval_sets}
-    return each_model(settings.models, seed,
-                      lambda s: train_and_test(train_x, train_y, eval_sets, num_classes, settings, s), progress)
+    return train_models(settings, seed, lambda s: train_and_test(train_x, train_y, eval_sets, num_classes, settings, s),
+                        lambda seeds: train_and_test_batched(train_x, train_y, eval_sets, num_classes, settings, seeds),
+                        progress)
 
 
 class ImageEvaluator:

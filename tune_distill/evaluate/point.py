@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,10 @@ from ..core.types import Clouds, Domain
 from ..nets.pointnet import PointNet
 from .pictures import draw_grid
 from .image import accuracy
-from .settings import EvalSettings, Progress, each_model
+from .settings import EvalSettings, Progress, train_models
+from .stack import ModelStack
+
+EVAL_BATCH = 256  # test clouds per forward pass (one model)
 
 
 def augment_clouds(x: torch.Tensor, generator: torch.Generator, up: int, rotate: bool) -> torch.Tensor:
@@ -41,31 +45,63 @@ def augment_clouds(x: torch.Tensor, generator: torch.Generator, up: int, rotate:
     return x
 
 
-def train_and_test(train_x: torch.Tensor, train_y: torch.Tensor, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                   num_classes: int, settings: EvalSettings, seed: int, up: int = 2) -> dict[str, float]:
-    """Train one fresh PointNet on (train_x, train_y); its accuracy on each named evaluation set."""
-    generator = torch.Generator().manual_seed(seed)
-    net = seeded(seed, lambda: PointNet(train_x.shape[-1], num_classes, settings.width, settings.depth, norm="batch"))
-    net = net.to(train_x.device)
-    opt = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=1e-4)
+def _train(train_x: torch.Tensor, train_y: torch.Tensor, generators: Sequence[torch.Generator], settings: EvalSettings,
+           up: int, params: Iterable[torch.Tensor], loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """The protocol's optimizer, schedule and data stream for K models at once, shared by both paths.
+
+    Model k's generator gives its per-epoch permutation and then, batch by batch, its augmentation
+    draws, in the order one model alone consumes them. ``loss`` maps the stacked batches
+    (K, b, P, 3) and labels (K, b) to the sum of the K models' losses.
+    """
+    opt = torch.optim.Adam(params, lr=settings.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs)
     n = train_x.shape[0]
     batch = min(settings.batch, n)
     for _ in range(settings.epochs):
-        order = torch.randperm(n, generator=generator).to(train_x.device)
+        orders = [torch.randperm(n, generator=g).to(train_x.device) for g in generators]
         for start in range(0, n, batch):
-            idx = order[start : start + batch]
-            if len(idx) < 2:  # BatchNorm needs two clouds; a last batch of one is skipped
+            idx = [order[start : start + batch] for order in orders]
+            if len(idx[0]) < 2:  # BatchNorm needs two clouds; a last batch of one is skipped
                 continue
-            x, y = train_x[idx], train_y[idx]
+            xs = [train_x[i] for i in idx]
             if settings.augment:
-                x = augment_clouds(x, generator, up, settings.rotate)
-            loss = F.cross_entropy(net(x), y)
+                xs = [augment_clouds(x, g, up, settings.rotate) for x, g in zip(xs, generators)]
+            value = loss(torch.stack(xs), torch.stack([train_y[i] for i in idx]))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             opt.step()
         schedule.step()
-    return {name: accuracy(net, x, y, batch=256) for name, (x, y) in eval_sets.items()}
+
+
+def _fresh_net(train_x: torch.Tensor, num_classes: int, settings: EvalSettings, seed: int) -> PointNet:
+    net = seeded(seed, lambda: PointNet(train_x.shape[-1], num_classes, settings.width, settings.depth, norm="batch"))
+    return net.to(train_x.device)
+
+
+def train_one(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, settings: EvalSettings, seed: int,
+              up: int = 2) -> PointNet:
+    """One fresh PointNet trained on (train_x, train_y), random streams seeded ``seed``."""
+    net = _fresh_net(train_x, num_classes, settings, seed)
+    _train(train_x, train_y, [torch.Generator().manual_seed(seed)], settings, up, net.parameters(),
+           lambda x, y: F.cross_entropy(net(x[0]), y[0]))
+    return net
+
+
+def train_and_test(train_x: torch.Tensor, train_y: torch.Tensor, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                   num_classes: int, settings: EvalSettings, seed: int, up: int = 2) -> dict[str, float]:
+    """Train one fresh PointNet on (train_x, train_y); its accuracy on each named evaluation set."""
+    net = train_one(train_x, train_y, num_classes, settings, seed, up)
+    return {name: accuracy(net, x, y, batch=EVAL_BATCH) for name, (x, y) in eval_sets.items()}
+
+
+def train_batched(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, settings: EvalSettings,
+                  seeds: Sequence[int], up: int = 2, vectorise: bool | None = None) -> ModelStack:
+    """``train_and_test``'s training for every seed as one computation (``evaluate.stack``): the
+    same models up to float rounding, each with its own random streams and BatchNorm statistics."""
+    stack = ModelStack([_fresh_net(train_x, num_classes, settings, s) for s in seeds], vectorise)
+    _train(train_x, train_y, [torch.Generator().manual_seed(s) for s in seeds], settings, up,
+           stack.params.values(), stack.loss)
+    return stack
 
 
 class PointEvaluator:
@@ -80,9 +116,10 @@ class PointEvaluator:
     def __call__(self, points: torch.Tensor, labels: torch.Tensor, seed: int,
                  progress: Progress | None = None) -> dict[str, list[float]]:
         x, y = points.detach().to(self.device), labels.to(self.device)
-        return each_model(self.settings.models, seed, lambda s: train_and_test(
-            x, y, self.sets, self.num_classes, self.settings, s, self.domain.up), progress)
-
+        settings, up = self.settings, self.domain.up
+        return train_models(settings, seed, lambda s: train_and_test(x, y, self.sets, self.num_classes, settings, s, up),
+                            lambda seeds: train_batched(x, y, self.num_classes, settings, seeds, up).scores(self.sets, EVAL_BATCH),
+                            progress)
 
 
 def draw_clouds(points: torch.Tensor, labels: torch.Tensor, path: Path, class_names: tuple[str, ...] = ()) -> None:

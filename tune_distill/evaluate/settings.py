@@ -1,10 +1,10 @@
 """How a synthetic set is evaluated: the settings every evaluator takes (the ``eval_*`` config keys),
-and the loop over the K classifiers that every evaluator runs."""
+and the K classifiers that every evaluator trains, one by one or at once."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 Progress = Callable[[int, int], None]  # (models trained so far, models in all)
 
@@ -14,9 +14,9 @@ class EvalSettings:
     """K classifiers trained from scratch: how many, how long, how wide, how.
 
     ``lr`` is SGD's for the image ConvNet and Adam's for PointNet; ``rotate`` (point clouds only)
-    adds a random rotation about the up axis to the training augmentation. ``batched`` (image
-    ConvNets only) trains the K models as one vmapped computation: the same random streams and,
-    up to float rounding, the same results; meant for GPUs (on a CPU it is slower).
+    adds a random rotation about the up axis to the training augmentation. ``batched`` trains the K
+    models as one computation (``evaluate.stack``): the same random streams and, up to float
+    rounding, the same results; on a GPU each kernel launch does K models' work.
     """
 
     models: int = 5
@@ -30,15 +30,22 @@ class EvalSettings:
     batched: bool = False
 
 
-def each_model(models: int, seed: int, fit: Callable[[int], dict[str, float]],
-               progress: Progress | None = None) -> dict[str, list[float]]:
-    """Per split, the accuracies of ``models`` classifiers, ``fit(seed + k)`` training and scoring
-    the k-th one; ``progress`` hears of each as it ends (and of none done, first)."""
+def train_models(settings: EvalSettings, seed: int, fit: Callable[[int], dict[str, float]],
+                 fit_all: Callable[[Sequence[int]], list[dict[str, float]]],
+                 progress: Progress | None = None) -> dict[str, list[float]]:
+    """Per split, the accuracies of ``settings.models`` classifiers (seeds seed, seed+1, ...):
+    one by one through ``fit``, or with ``settings.batched`` all at once through ``fit_all`` (then
+    ``progress`` hears of the K models only when all are done)."""
     if progress is not None:
-        progress(0, models)
-    runs = []
-    for k in range(models):
-        runs.append(fit(seed + k))
-        if progress is not None:
-            progress(k + 1, models)
+        progress(0, settings.models)
+    if settings.batched:
+        runs = fit_all([seed + k for k in range(settings.models)])
+    else:
+        runs = []
+        for k in range(settings.models):
+            runs.append(fit(seed + k))
+            if progress is not None:
+                progress(k + 1, settings.models)
+    if progress is not None and settings.batched:
+        progress(settings.models, settings.models)
     return {name: [r[name] for r in runs] for name in runs[0]} if runs else {}
