@@ -28,6 +28,8 @@ from tune_distill.recipe.artifacts import load_synthetic
 from tune_distill.cli import main
 from tune_distill.tune import search, space_from_dict
 from tune_distill.tune.results import BASE_FILE, SPACE_FILE, leaderboard
+from tune_distill.tune.space import GPU_TRIALS
+from tune_distill.tune.tuner import trial_gpus
 
 TINY = dict(iterations=3, batch_real=8, width=8, points=60, eval_models=1, eval_epochs=30, eval_width=16,
             eval_test_size=300)
@@ -211,6 +213,12 @@ def test_gpus_on_a_cluster_without_gpus_fail_before_the_search(ray_cluster, mnis
         search(space_from_dict(raw), name="gpu", storage=tmp_path, data_dir=mnist_dir)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "gpu").exists()  # nothing started, nothing written
+
+
+def test_gpu_share_defaults_to_a_quarter_gpu_only_for_gpu_configs_on_gpu_clusters():
+    assert trial_gpus(None, "auto", 8) == trial_gpus(None, "cuda", 1) == 1 / GPU_TRIALS == 0.25
+    assert trial_gpus(None, "cpu", 8) == trial_gpus(None, "auto", 0) == 0  # a CPU config, or no GPU to share
+    assert trial_gpus(0.5, "auto", 8) == 0.5 and trial_gpus(0, "auto", 8) == 0  # --gpus-per-trial decides
 
 
 def test_a_budgeted_search_whose_driver_died_before_any_trial_runs_on_rerun(ray_cluster, mnist_dir, tmp_path):

@@ -141,13 +141,21 @@ class Asha(BaseModel):
     reduction_factor: float = Field(2.0, gt=1)
 
 
+GPU_TRIALS = 4  # trials sharing one GPU when a GPU config leaves resources.gpus unset
+
+
 class Resources(BaseModel):
-    """Resources of one trial: CPUs (its torch threads too) and a GPU share."""
+    """Resources of one trial: CPUs (its torch threads too) and a GPU share.
+
+    ``gpus`` left unset: a share of ``1 / GPU_TRIALS`` of a GPU when the config may run on one
+    (device auto or cuda) and the cluster has GPUs, else none (``tuner.trial_gpus``).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     cpus: float = Field(1.0, gt=0, le=1024)
-    gpus: float = Field(0.0, ge=0, le=64)
+    gpus: float | None = Field(None, ge=0, le=64, description="GPU share per trial (fractions share a GPU); "
+                               "unset: automatic")
 
 
 class Settings(BaseModel):
@@ -348,10 +356,10 @@ def _check_base(space: SearchSpace) -> None:
     except UserError as exc:
         raise UserError(f"base.set: {exc}") from None
     gpus = space.search.resources.gpus
-    if cfg.device == "cuda" and gpus == 0:
+    if cfg.device == "cuda" and gpus == 0:  # unset is fine: a cuda config gets a share on a GPU cluster
         raise UserError("base.set.device is cuda but search.resources.gpus is 0: every trial would fail; "
                         "give trials a GPU share (--gpus-per-trial) or use device: auto")
-    if cfg.device == "cpu" and gpus > 0:
+    if cfg.device == "cpu" and gpus:
         raise UserError(f"search.resources.gpus is {gpus} but the config runs on device=cpu; "
                         "set base.set.device: auto (or cuda) so trials use their GPU")
 

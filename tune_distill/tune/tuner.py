@@ -41,7 +41,7 @@ from ..recipe.run import load_data
 from ..core.errors import UserError
 from .results import (BASE_FILE, SPACE_FILE, STUDY_FILE, list_experiments, load_results, read_base, trial_folder,
                       read_space, storage_dir)
-from .space import SearchSpace
+from .space import GPU_TRIALS, SearchSpace
 from .util import quiet_loggers
 
 FINISHED = ("done", "stopped", "error")
@@ -144,7 +144,7 @@ def _scheduler(space: SearchSpace) -> Any:
                          reduction_factor=s.asha.reduction_factor)
 
 
-def _trainable(space: SearchSpace, base: dict[str, Any], data: Any, exp_dir: Path) -> Any:
+def _trainable(space: SearchSpace, base: dict[str, Any], data: Any, exp_dir: Path, gpus: float) -> Any:
     from ray import tune
 
     from .trainable import TrialPlan, train_trial
@@ -152,7 +152,7 @@ def _trainable(space: SearchSpace, base: dict[str, Any], data: Any, exp_dir: Pat
     r = space.search.resources
     plan = TrialPlan(base=base, seeds=tuple(space.seeds), objective=space.search.objective,
                      robust_k=space.search.robust_k, threads=max(1, int(r.cpus)), experiment_dir=str(exp_dir))
-    resources = {"cpu": r.cpus, "gpu": r.gpus}
+    resources = {"cpu": r.cpus, "gpu": gpus}
     return tune.with_resources(tune.with_parameters(train_trial, data=data, plan=plan), resources)
 
 
@@ -208,18 +208,26 @@ def _reachable(address: str | None, timeout_s: float = 5.0) -> None:
                         "with `ray start --head`, or leave --address out to start a local one") from None
 
 
-def check_resources(space: SearchSpace) -> None:
+def trial_gpus(requested: float | None, device: str, cluster_gpus: float) -> float:
+    """Each trial's GPU share: the space's (``requested``), else ``1 / GPU_TRIALS`` of a GPU when
+    the config may use one (``device`` auto or cuda) and the cluster has GPUs, else 0."""
+    if requested is not None:
+        return requested
+    return 1 / GPU_TRIALS if device != "cpu" and cluster_gpus > 0 else 0.0
+
+
+def check_resources(space: SearchSpace, trial_gpus: float) -> None:
     """A trial the cluster can never place is an error now, not a trial PENDING forever."""
     import ray
 
     r = space.search.resources
     have = ray.cluster_resources()
     gpus, cpus = have.get("GPU", 0.0), have.get("CPU", 0.0)
-    if r.gpus > 0 and gpus == 0:
-        raise UserError(f"each trial asks for {r.gpus:g} GPU but the Ray cluster has none; use --gpus-per-trial 0 "
+    if trial_gpus > 0 and gpus == 0:
+        raise UserError(f"each trial asks for {trial_gpus:g} GPU but the Ray cluster has none; use --gpus-per-trial 0 "
                         "(and device: cpu/auto) or join a cluster with GPUs via --address")
-    if r.gpus > gpus:
-        raise UserError(f"each trial asks for {r.gpus:g} GPUs but the Ray cluster has {gpus:g}; lower --gpus-per-trial")
+    if trial_gpus > gpus:
+        raise UserError(f"each trial asks for {trial_gpus:g} GPUs but the Ray cluster has {gpus:g}; lower --gpus-per-trial")
     if r.cpus > cpus:
         raise UserError(f"each trial asks for {r.cpus:g} CPUs but the Ray cluster has {cpus:g}; lower --cpus-per-trial")
 
@@ -325,7 +333,8 @@ def search(space: SearchSpace, *, name: str, storage: str | Path | None = None, 
     else:
         base = space.base_values()
     # Load the data before starting Ray: a missing file is a one-line error, not a failed trial.
-    data = load_data(make_config(base), data_dir)
+    cfg = make_config(base)
+    data = load_data(cfg, data_dir)
 
     from ray import tune
 
@@ -335,19 +344,22 @@ def search(space: SearchSpace, *, name: str, storage: str | Path | None = None, 
 
     started_ray = _connect(address)
     try:
-        check_resources(space)
+        import ray
+
+        gpus = trial_gpus(space.search.resources.gpus, cfg.device, ray.cluster_resources().get("GPU", 0.0))
+        check_resources(space, gpus)
         restoring = existing and tune.Tuner.can_restore(str(exp_dir))
         if not existing:
             exp_dir.mkdir(parents=True, exist_ok=True)
             (exp_dir / BASE_FILE).write_text(yaml.safe_dump(base, sort_keys=False))
             # Written last: its presence marks the folder as an experiment.
             (exp_dir / SPACE_FILE).write_text(yaml.safe_dump(space.to_dict(), sort_keys=False))
-        trainable = _trainable(space, base, data, exp_dir)
+        trainable = _trainable(space, base, data, exp_dir, gpus)
         callbacks = [StateBackup(), OwnErrorsAreFinal()]
         if progress:
             callbacks.append(Progress(space.num_trials, space.search.seeds, space.search.mode))
         if progress:
-            _announce(space, name, exp_dir, restoring)
+            _announce(space, name, exp_dir, restoring, gpus)
         started = time.perf_counter()
         with quiet_loggers(NOISY_LOGGERS), _tune_console_output_off():
             if restoring:
@@ -379,13 +391,13 @@ def _outcome(space: SearchSpace, name: str, exp_dir: Path, resumed: bool, second
     return SearchOutcome(exp_dir, results, space.num_trials, finished, resumed, interrupted, budget_spent, seconds)
 
 
-def _announce(space: SearchSpace, name: str, exp_dir: Path, restoring: bool) -> None:
+def _announce(space: SearchSpace, name: str, exp_dir: Path, restoring: bool, gpus: float) -> None:
     s = space.search
     algo = {"optuna": f"optuna TPE (seed {s.seed})", "random": f"random (seed {s.seed})", "grid": "grid"}[s.algorithm]
     objective = s.objective if s.objective != "robust" else f"robust (acc_mean - {s.robust_k:g} * acc_std)"
     conc = f"{s.concurrency} at a time" if s.concurrency else "as many at a time as resources allow"
     conc += " (proposed in batches)" if s.batch else ""
-    gpu = f", {s.resources.gpus:g} GPU" if s.resources.gpus else ""
+    gpu = f", {gpus:g} GPU" if gpus else ""
     print(f"{'resuming' if restoring else 'search'} {name}: {space.num_trials} trials x {s.seeds} seeds "
           f"{space.seeds}, {algo}, {s.scheduler}, objective {objective}, {conc}, "
           f"{s.resources.cpus:g} CPU{gpu} per trial", flush=True)
