@@ -22,7 +22,7 @@ from ..core.types import Clouds, Domain, PointBatch
 from ..nets import NetSettings, build_distill_net
 from .augment import sample_transform
 from .encoding import Encoding
-from .matching import distribution_match, gradient_match
+from .matching import distribution_match, gradient_match, quantile_embedding
 from .synthetic import snap
 
 Report = Callable[[dict], None]
@@ -37,6 +37,8 @@ class DistillSettings:
     matching: str = "gradient"  # gradient | distribution
     distance: str = "sum_of_squares"
     dm_var_weight: float = 0.0
+    dm_embedding: str = "pooled"  # pooled | quantiles (PointNet)
+    dm_quantiles: int = 16
     ce_weight: float = 0.0
     encoding: Encoding = field(default_factory=Encoding)
     voxel_res: int = 32  # voxel networks on the unit ball: cells per axis
@@ -187,6 +189,11 @@ def distill(
             snap_points(enc, syn, grid_shape)
             opt.state.clear()  # momentum belonged to the points' old places
         net = networks.at(it)
+        if cfg.dm_embedding == "quantiles":
+            def embed(x: torch.Tensor, net: torch.nn.Module = net) -> torch.Tensor:
+                return quantile_embedding(net.point_features(x), cfg.dm_quantiles)
+        else:
+            embed = getattr(net, "embed", None)
         for outer in range(cfg.outer_loop):
             loss = syn.new_zeros(())
             for c in range(num_classes):
@@ -207,7 +214,7 @@ def distill(
                     loss = loss + gradient_match(net, encode(real), y_real, encode(mine), y_syn, cfg.distance)
                 else:
                     syn_input = encode(mine)
-                    loss = loss + distribution_match(net.embed, encode(real), syn_input, cfg.dm_var_weight)
+                    loss = loss + distribution_match(embed, encode(real), syn_input, cfg.dm_var_weight)
                     if cfg.ce_weight:
                         # Means alone let a synthetic cloud sit between classes as long as the
                         # class average is right; a pretrained network's cross-entropy pulls

@@ -7,7 +7,9 @@ Gradient distances compare two lists of per-parameter gradients:
 - ``layerwise_cosine``: DC's distance: per layer and output channel 1 - cosine, summed, with
   one-dimensional parameters (biases, norm scales) ignored as DC does.
 
-Distribution matching (DM) compares mean embeddings of real and synthetic clouds.
+Distribution matching (DM) compares mean embeddings of real and synthetic clouds: a network's
+pooled global feature, or (``quantile_embedding``, after SADM) each channel's distribution over
+the cloud's points summarised by evenly spaced order statistics.
 """
 
 from __future__ import annotations
@@ -98,3 +100,16 @@ def distribution_match(
     if var_weight and len(syn) > 1:
         loss = loss + var_weight * ((real.var(0) - syn.var(0)) ** 2).sum()
     return loss
+
+
+def quantile_embedding(features: torch.Tensor, quantiles: int) -> torch.Tensor:
+    """Per cloud, each channel's values over its points at ``quantiles`` evenly spaced ranks, from
+    the minimum to the maximum: (B, P, C) -> (B, quantiles * C).
+
+    Max pooling keeps one order statistic per channel; these keep its whole shape (as SADM's
+    per-channel sorted features do), at any number of points per cloud, so real clouds and
+    smaller synthetic ones compare rank for rank.
+    """
+    b, p, c = features.shape
+    ranks = torch.linspace(0, p - 1, quantiles, device=features.device).round().long()
+    return features.sort(dim=1).values[:, ranks].reshape(b, quantiles * c)

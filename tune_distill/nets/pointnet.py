@@ -57,6 +57,10 @@ class PointNet(nn.Module):
         self.head = nn.Sequential(nn.Linear(channels, head), _Norm(head_norm, head), nn.ReLU(), nn.Linear(head, num_classes))
         self.embed_dim = channels
 
+    def point_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Each point's features (B, P, C), before pooling."""
+        return self.point_mlp(x)
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The global feature (B, C): the pooled per-point features (distribution matching's embedding)."""
         h = self.point_mlp(x)

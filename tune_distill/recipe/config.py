@@ -74,6 +74,10 @@ class Config(BaseModel):
     dm_var_weight: float = Field(
         0.0, ge=0, le=100, description="distribution: also match per-dimension embedding variances, with this weight (0: off)"
     )
+    dm_embedding: Literal["pooled", "quantiles"] = Field(
+        "pooled", description="distribution: match the pooled global feature, or (pointnet) each channel's "
+        "per-point distribution at dm_quantiles ranks (SADM-like)")
+    dm_quantiles: int = Field(16, ge=2, le=1024, description="dm_embedding=quantiles: ranks per channel")
     augment: bool = Field(False, description="same random rotation/scale/shift/jitter on real and synthetic")
     aug_rotate: float = Field(15.0, ge=0, le=180, description="max rotation (degrees)")
     aug_scale: float = Field(0.1, ge=0, lt=1, description="max relative scale change")
@@ -115,8 +119,8 @@ class Config(BaseModel):
     eval_batch: int = Field(256, ge=1)
     eval_augment: bool = True
     eval_rotate: bool = Field(False, description="3D: also rotate training clouds about the up axis")
-    eval_batched: bool = Field(False, description="train the K image ConvNets as one vmapped computation: "
-                               "same streams, same results to float rounding; for GPUs (slower on CPU)")
+    eval_batched: bool = Field(False, description="train the K evaluation networks as one computation "
+                               "(vmapped on GPUs): same streams, same results to float rounding")
     eval_split: Literal["test", "val"] = Field("test", description="val needs val_size > 0")
     eval_test_size: int | None = Field(None, ge=1, description="evaluate on the first N clouds of each split (None: all)")
     eval_at: list[int] = Field(default_factory=list, description="also evaluate at these iterations")
@@ -145,6 +149,8 @@ class Config(BaseModel):
         if (self.family == "pointnet") != (self.encoding == "points"):
             raise ValueError("family=pointnet reads coordinates: set family=pointnet with encoding=points "
                              "(voxel families take encoding=features or splat)")
+        if self.dm_embedding == "quantiles" and self.family != "pointnet":
+            raise ValueError("dm_embedding=quantiles reads per-point features: set family=pointnet, or dm_embedding=pooled")
         if self.norm == "batch" and self.family != "pointnet":
             raise ValueError("norm=batch is for family=pointnet; voxel networks take none or instance")
         if self.dataset != "mnist":
