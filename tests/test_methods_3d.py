@@ -47,3 +47,24 @@ def test_a_quantile_run_moves_the_points(modelnet10):
 def test_quantiles_need_a_pointnet():
     with pytest.raises(UserError, match="dm_embedding=quantiles reads per-point features"):
         make_config({"dm_embedding": "quantiles"}, preset="quick")
+
+
+def test_cloud_split_keeps_the_storage_in_more_smaller_clouds(modelnet10):
+    cfg = make_config(dict(TINY, points=128, ipc=2, cloud_split=4, init="herding"), preset="modelnet10-quick")
+    result = run(cfg, data=modelnet10)
+    assert result.points.shape == (10 * 2 * 4, 32, 3)  # 8 clouds of 32 points per class: 256 points, as 2 x 128
+    assert np.bincount(result.labels).tolist() == [8] * 10
+    assert result.history[-1]["delta_abs"] > 0 and (np.linalg.norm(result.points, axis=-1) <= 1 + 1e-6).all()
+    with pytest.raises(UserError, match="does not split into cloud_split=3"):
+        make_config(dict(points=128, cloud_split=3), preset="modelnet10-quick")
+
+
+@pytest.mark.parametrize("init", ["real", "herding", "kcenter"])
+def test_a_class_with_fewer_shapes_than_clouds_repeats_its_picks_as_other_subsets(modelnet10, init):
+    from tune_distill.methods.synthetic import init_synthetic
+
+    few = modelnet10.train.subset(torch.cat([modelnet10.train.members(c)[:3] for c in range(10)]))
+    points, labels = init_synthetic(init, few, 10, modelnet10.domain, 5, 64, torch.Generator().manual_seed(0))
+    assert points.shape == (50, 64, 3) and np.bincount(labels).tolist() == [5] * 10
+    first = points[:5]
+    assert len({tuple(p.flatten()[:6].tolist()) for p in first}) == 5  # the 2 repeats are other subsets

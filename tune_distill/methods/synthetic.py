@@ -131,13 +131,16 @@ def init_synthetic(
         per_class = []
         for c in range(num_classes):
             members = clouds.members(c)
+            # A class with fewer clouds than ipc repeats its picks in order; each copy is its own
+            # random subset of the shape's points (many small clouds per class can outnumber shapes).
+            cycle = torch.arange(ipc) % len(members)
             if kind in ("real", "real_noise"):
-                pick = members[torch.randperm(len(members), generator=generator)[:ipc]]
+                pick = members[torch.randperm(len(members), generator=generator)[:ipc][cycle]]
                 per_class.append(clouds.padded(pick, points, generator))
             elif kind in ("herding", "kcenter"):
                 feats = _occupancy(clouds, members, grid, cap)
                 choose = herding if kind == "herding" else kcenter
-                per_class.append(clouds.padded(members[choose(feats, ipc)], points, generator))
+                per_class.append(clouds.padded(members[choose(feats, min(ipc, len(members)))[cycle]], points, generator))
             else:  # class_mean_topk
                 feats = _occupancy(clouds, members, grid, cap)
                 means = feats.mean(0, keepdim=True) if ipc == 1 else _kmeans_means(feats, ipc)

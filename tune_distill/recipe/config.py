@@ -32,6 +32,9 @@ class Config(BaseModel):
     # Synthetic set ------------------------------------------------------------------------
     ipc: int = Field(1, ge=1, le=500, description="synthetic clouds per class")
     points: int = Field(250, ge=1, le=20000, description="points per synthetic cloud")
+    cloud_split: int = Field(
+        1, ge=1, le=1024, description="store each of the ipc clouds as this many clouds of points / cloud_split "
+        "points: the same storage per class in more, smaller clouds")
     init: Literal["uniform", "gaussian", "real", "real_noise", "herding", "kcenter", "class_mean_topk", "full"] = Field(
         "uniform", description="full: every training cloud, the full-data ceiling (iterations=0)")
     init_noise: float = Field(1.0, ge=0, le=10, description="std of the jitter (grid cells, or units of the unit ball) for init=real_noise")
@@ -149,6 +152,9 @@ class Config(BaseModel):
         if (self.family == "pointnet") != (self.encoding == "points"):
             raise ValueError("family=pointnet reads coordinates: set family=pointnet with encoding=points "
                              "(voxel families take encoding=features or splat)")
+        if self.points % self.cloud_split:
+            raise ValueError(f"points={self.points} does not split into cloud_split={self.cloud_split} equal clouds: "
+                             "choose a cloud_split that divides points")
         if self.dm_embedding == "quantiles" and self.family != "pointnet":
             raise ValueError("dm_embedding=quantiles reads per-point features: set family=pointnet, or dm_embedding=pooled")
         if self.norm == "batch" and self.family != "pointnet":
@@ -158,6 +164,15 @@ class Config(BaseModel):
             if image_only:
                 raise ValueError(f"{image_only[0]} works on image datasets (mnist) only; turn it off for {self.dataset}")
         return self
+
+    @property
+    def clouds_per_class(self) -> int:
+        """Synthetic clouds per class as stored: ``ipc * cloud_split``, of ``cloud_points`` points each."""
+        return self.ipc * self.cloud_split
+
+    @property
+    def cloud_points(self) -> int:
+        return self.points // self.cloud_split
 
     @property
     def total_iterations(self) -> int:
