@@ -68,3 +68,12 @@ def test_a_class_with_fewer_shapes_than_clouds_repeats_its_picks_as_other_subset
     assert points.shape == (50, 64, 3) and np.bincount(labels).tolist() == [5] * 10
     first = points[:5]
     assert len({tuple(p.flatten()[:6].tolist()) for p in first}) == 5  # the 2 repeats are other subsets
+
+
+def test_real_match_distils_against_real_clouds_of_the_synthetic_size(modelnet10):
+    from tune_distill.recipe.run import distill_settings
+
+    cfg = make_config(dict(TINY, points=256, cloud_split=4, real_match=True), preset="modelnet10-quick")
+    assert distill_settings(cfg).real_cap == 64 and distill_settings(cfg.replace(real_match=False)).real_cap is None
+    matched, whole = run(cfg, data=modelnet10), run(cfg.replace(real_match=False), data=modelnet10)
+    assert not np.array_equal(matched.points, whole.points)  # the matching saw other real clouds

@@ -27,6 +27,8 @@ class Config(BaseModel):
     dataset: Literal["mnist", "modelnet10", "modelnet40"] = "mnist"
     threshold: int = Field(75, ge=0, le=254, description="mnist: pixels above this (0..255) become points")
     real_cap: int | None = Field(250, ge=1, description="keep each real cloud's first N points (None: all)")
+    real_match: bool = Field(False, description="distil against each real cloud's first points / cloud_split "
+                             "points (a random subset of a ModelNet shape): real and synthetic clouds of one size")
     val_size: int = Field(0, ge=0, le=30000, description="training clouds held out for validation")
 
     # Synthetic set ------------------------------------------------------------------------

@@ -100,7 +100,8 @@ def encoding_of(cfg: Config) -> Encoding:
 
 
 def distill_settings(cfg: Config) -> DistillSettings:
-    return settings(DistillSettings, cfg, encoding=encoding_of(cfg), eval_at=tuple(cfg.eval_at))
+    cap = min(cfg.real_cap or cfg.cloud_points, cfg.cloud_points) if cfg.real_match else cfg.real_cap
+    return settings(DistillSettings, cfg, encoding=encoding_of(cfg), eval_at=tuple(cfg.eval_at), real_cap=cap)
 
 
 def trajectory_settings(cfg: Config) -> TrajectorySettings:

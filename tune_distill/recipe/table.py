@@ -252,15 +252,16 @@ def render_markdown(spec: TableSpec, root: Path) -> str:
     records = collect(spec, root)
     lines = []
     ipcs = spec.ipcs
-    head = ["method", "points / cloud"] + [f"IPC {i}: test %" for i in ipcs] + [f"IPC {i}: val %" for i in ipcs] + \
+    head = ["method", "per IPC: clouds × points"] + [f"IPC {i}: test %" for i in ipcs] + [f"IPC {i}: val %" for i in ipcs] + \
         [f"paper, IPC {i}" for i in ipcs] + ["seeds"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for row in spec.rows:
         mine = {r["ipc"]: r for r in records if r["row"] == row.label}
         runs = [i for i in ipcs if row.runs_at(i)]
-        points = sorted({spec.config(row, i, spec.seeds[0]).points for i in runs})
-        cells = [row.label, " / ".join(map(str, points)) or "—"]
+        # One IPC is one cloud of ``points`` points of storage, split into cloud_split clouds.
+        shapes = sorted({(c.cloud_split, c.cloud_points) for c in (spec.config(row, i, spec.seeds[0]) for i in runs)})
+        cells = [row.label, " / ".join(f"{n} × {p}" for n, p in shapes) or "—"]
         cells += [_cell(mine[i]["test"], row.runs_at(i)) for i in ipcs] + [_cell(mine[i]["val"], row.runs_at(i)) for i in ipcs]
         cells += [f"{mine[i]['paper']}" if mine[i]["paper"] is not None else "—" for i in ipcs]
         cells.append(" / ".join(str(mine[i]["seeds"]) if row.runs_at(i) else "—" for i in ipcs))
