@@ -12,6 +12,12 @@ per trial; ``speedup_2_concurrent`` = tune_1 / tune_2. The Ray cluster's start-u
 apart (``ray_start_s``); it is paid once per search.
 
     python benchmarks/bench_search.py --data-dir ../shared/data/mnist [--trials 6]
+
+``--gpu-shares 1 2 4 8`` measures a GPU instead: for each S, 8 full ``quick`` trials (one seed
+each) through Ray Tune with S trials sharing the one GPU (``--gpus-per-trial 1/S``, device
+cuda), and prints trials per hour for each S and its throughput over S = 1:
+
+    python benchmarks/bench_search.py --data-dir ../shared/data/mnist --gpu-shares 1 2 4 8
 """
 
 from __future__ import annotations
@@ -36,7 +42,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir")
     parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--gpu-shares", type=int, nargs="+", help="trials sharing one GPU, e.g. 1 2 4 8")
     args = parser.parse_args()
+    if args.gpu_shares:
+        gpu_throughput(args.data_dir, args.gpu_shares)
+        return
     lrs = [round(0.02 * (k + 1), 3) for k in range(args.trials)]
 
     def space(concurrency: int):
@@ -73,6 +83,34 @@ def main() -> None:
         "speedup_2_concurrent": round(times[1] / times[2], 2),
         "speedup_2_concurrent_vs_serial": round(serial / times[2], 2),
     }, indent=2))
+
+
+def gpu_throughput(data_dir: str | None, shares: list[int], trials: int = 8) -> None:
+    """Trials per hour of full ``quick`` trials with S of them sharing one GPU, for each S."""
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_search.py --gpu-shares: no CUDA device is visible; run it on a GPU machine")
+    import ray
+
+    lrs = [round(0.05 + 0.01 * k, 3) for k in range(trials)]
+    ray.init(num_cpus=max(shares), num_gpus=1, include_dashboard=False, log_to_driver=False)
+    rows = {}
+    with tempfile.TemporaryDirectory() as storage:
+        for share in shares:
+            space = space_from_dict({
+                "base": {"preset": "quick", "set": {"device": "cuda"}},
+                "params": {"lr": {"choice": lrs}},
+                "search": {"algorithm": "grid", "seeds": 1, "resources": {"cpus": 1, "gpus": 1 / share},
+                           "concurrency": share},
+            })
+            outcome = search(space, name=f"gpu-{share}", storage=storage, data_dir=data_dir, progress=False)
+            rows[share] = {"seconds": round(outcome.seconds, 1), "finished": outcome.finished,
+                           "trials_per_hour": round(3600 * outcome.finished / outcome.seconds, 1)}
+    ray.shutdown()
+    one = rows[shares[0]]["trials_per_hour"]
+    for row in rows.values():
+        row["throughput_over_first"] = round(row["trials_per_hour"] / one, 2)
+    print(json.dumps({"device": torch.cuda.get_device_name(0), "trials": trials, "preset": "quick",
+                      "by_trials_per_gpu": rows}, indent=2))
 
 
 if __name__ == "__main__":
