@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -27,6 +28,7 @@ from .settings import EvalSettings, Progress, train_models
 from .stack import ModelStack
 
 EVAL_BATCH = 256  # test clouds per forward pass (one model)
+MAX_DRAWN = 16  # clouds of a class in a picture (a split set has hundreds)
 
 
 def augment_clouds(x: torch.Tensor, generator: torch.Generator, up: int, rotate: bool) -> torch.Tensor:
@@ -123,9 +125,12 @@ class PointEvaluator:
 
 
 def draw_clouds(points: torch.Tensor, labels: torch.Tensor, path: Path, class_names: tuple[str, ...] = ()) -> None:
-    """Each cloud as a 3D scatter (z up), one row per class; with one cloud per class, three views
-    of it (from the front-left, the front-right and above)."""
+    """Each cloud as a 3D scatter (z up), one row per class, at most ``MAX_DRAWN`` clouds of a
+    class; with one cloud per class, three views of it (from the front-left, the front-right and
+    above)."""
     pts, labs = points.cpu().numpy(), labels.numpy()
+    keep = np.concatenate([np.flatnonzero(labs == c)[:MAX_DRAWN] for c in np.unique(labs)])
+    pts, labs = pts[keep], labs[keep]
     views = [(20, -60), (20, 30), (75, -90)] if len(labs) == len(set(labs.tolist())) else [(20, -60)]
     index = [(i, v) for i in range(len(labs)) for v in views]
 
