@@ -246,4 +246,4 @@ def test_search_results_export_report_and_table_on_3d_shapes(ray_cluster, tmp_pa
     assert main(["table", str(spec), "--storage", str(tmp_path), "--data-dir", str(DATA)]) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "t3d" / "herding" / "ipc1" / "seed0" / "synthetic.npz").exists()
-    assert "| herding | 128 |" in out and "(1 seed)" in out
+    assert "| herding | 1 × 128 |" in out and "(1 seed)" in out

@@ -98,7 +98,7 @@ def test_a_row_tuned_for_one_ipc_runs_at_that_ipc_only(tmp_path, mnist_dir, caps
     assert cells == ["at-two/ipc2/seed0/metrics.json", "baseline-random-real/ipc1/seed0/metrics.json",
                      "baseline-random-real/ipc2/seed0/metrics.json"]
     at_two = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| at two |"))
-    assert at_two.split(" | ")[1:3] == ["150", "—"] and at_two.endswith("| — / 1 |")
+    assert at_two.split(" | ")[1:3] == ["1 × 150", "—"] and at_two.endswith("| — / 1 |")
 
 
 def test_part_of_a_table_runs_alone_and_unknown_parts_are_errors(tmp_path, mnist_dir, capsys):
