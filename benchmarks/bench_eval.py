@@ -33,7 +33,7 @@ from tune_distill.core.types import PointBatch
 from tune_distill.data import load_dataset
 from tune_distill.data.image import render
 from tune_distill.evaluate import EvalSettings, image, point
-from tune_distill.evaluate.image import accuracy
+from tune_distill.evaluate.settings import accuracy
 from tune_distill.methods.synthetic import init_synthetic
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -77,7 +77,7 @@ def one_by_one(proto: Protocol, train_x, train_y, test, classes: int, settings: 
     accs, train_s, test_s = [], 0.0, 0.0
     for k in range(settings.models):
         net, s = timed(lambda: proto.train_one(train_x, train_y, classes, settings, SEED + k), device)
-        acc, t = timed(lambda: accuracy(net, *test, batch=proto.eval_batch), device)
+        acc, t = timed(lambda: accuracy(net, *test, proto.eval_batch), device)
         accs, train_s, test_s = accs + [acc], train_s + s, test_s + t
     return accs, train_s, test_s
 

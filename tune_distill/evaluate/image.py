@@ -24,8 +24,8 @@ from ..core.types import Clouds, PointBatch
 from ..data.image import dc_augment, render
 from ..nets.convnet import ConvNet
 from .pictures import draw_grid
-from .settings import EvalSettings, Progress, train_models
-from .stack import ModelStack
+from .settings import EvalSettings, Progress, accuracy, train_models
+from .stack import ModelStack, epoch_batches
 
 MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4  # DC's SGD
 EVAL_BATCH = 2000  # test images per forward pass (one model)
@@ -43,44 +43,15 @@ Step = Callable[[torch.Tensor, torch.Tensor, float], None]  # (images (K, b, C, 
 
 def _train(train_x: torch.Tensor, train_y: torch.Tensor, generators: Sequence[torch.Generator],
            settings: EvalSettings, step: Step) -> None:
-    """The protocol's schedule and data stream for K models at once, shared by both paths.
-
-    Model k's generator gives its per-epoch permutation and then, batch by batch, its augmentation
-    draws, in the order one model alone consumes them: K models batched see exactly the batches
-    they would see one by one. ``step`` trains all K on their (stacked) batches.
-    """
-    n = train_x.shape[0]
+    """The protocol's schedule and data stream (``stack.epoch_batches``) for K models at once,
+    shared by both paths; ``step`` trains all K on their (stacked) batches."""
+    # One augmentation call per model: each draws from its own generator, and DC's fill value is
+    # the mean of that model's batch.
+    augment = dc_augment if settings.augment else None
     for epoch in range(settings.epochs):
         lr = settings.lr * (0.1 if epoch >= settings.epochs // 2 else 1.0)
-        orders = [torch.randperm(n, generator=g).to(train_x.device) for g in generators]
-        for start in range(0, n, settings.batch):
-            idx = [order[start : start + settings.batch] for order in orders]
-            xs = [train_x[i] for i in idx]
-            if settings.augment:
-                # One call per model: each draws from its own generator, and DC's fill value is
-                # the mean of that model's batch.
-                xs = [dc_augment(x, g) for x, g in zip(xs, generators)]
-            step(torch.stack(xs), torch.stack([train_y[i] for i in idx]), lr)
-
-
-def _accuracies(predict: Callable[[torch.Tensor], torch.Tensor], models: int, images: torch.Tensor,
-                labels: torch.Tensor, batch: int) -> list[float]:
-    """Top-1 accuracy of each of ``models`` models, without gradients; ``predict`` maps images
-    (b, ...) to predicted labels (models, b)."""
-    correct = torch.zeros(models, dtype=torch.long, device=labels.device)
-    with torch.no_grad():
-        for x, y in zip(images.split(batch), labels.split(batch)):
-            correct += (predict(x) == y).sum(1)
-    return [c / max(1, len(labels)) for c in correct.tolist()]
-
-
-def accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = EVAL_BATCH) -> float:
-    """Top-1 accuracy of ``net`` on a stack of inputs (images, or padded point clouds), in eval
-    mode, in batches, without gradients."""
-    net.eval()
-    acc = _accuracies(lambda x: net(x).argmax(1)[None], 1, images, labels, batch)[0]
-    net.train()
-    return acc
+        for x, y in epoch_batches(train_x, train_y, generators, settings.batch, augment):
+            step(x, y, lr)
 
 
 def train_one(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, settings: EvalSettings,
@@ -105,7 +76,7 @@ def train_and_test(train_x: torch.Tensor, train_y: torch.Tensor, eval_sets: dict
                    num_classes: int, settings: EvalSettings, seed: int) -> dict[str, float]:
     """Train one fresh ConvNet on (train_x, train_y); its accuracy on each named evaluation set."""
     net = train_one(train_x, train_y, num_classes, settings, seed)
-    return {name: accuracy(net, x, y) for name, (x, y) in eval_sets.items()}
+    return {name: accuracy(net, x, y, EVAL_BATCH) for name, (x, y) in eval_sets.items()}
 
 
 def train_batched(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, settings: EvalSettings,

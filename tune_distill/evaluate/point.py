@@ -23,9 +23,8 @@ from ..core.seeding import seeded
 from ..core.types import Clouds, Domain
 from ..nets.pointnet import PointNet
 from .pictures import draw_grid
-from .image import accuracy
-from .settings import EvalSettings, Progress, train_models
-from .stack import ModelStack
+from .settings import EvalSettings, Progress, accuracy, train_models
+from .stack import ModelStack, epoch_batches
 
 EVAL_BATCH = 256  # test clouds per forward pass (one model)
 MAX_DRAWN = 16  # clouds of a class in a picture (a split set has hundreds)
@@ -49,26 +48,16 @@ def augment_clouds(x: torch.Tensor, generator: torch.Generator, up: int, rotate:
 
 def _train(train_x: torch.Tensor, train_y: torch.Tensor, generators: Sequence[torch.Generator], settings: EvalSettings,
            up: int, params: Iterable[torch.Tensor], loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-    """The protocol's optimizer, schedule and data stream for K models at once, shared by both paths.
-
-    Model k's generator gives its per-epoch permutation and then, batch by batch, its augmentation
-    draws, in the order one model alone consumes them. ``loss`` maps the stacked batches
-    (K, b, P, 3) and labels (K, b) to the sum of the K models' losses.
-    """
+    """The protocol's optimizer, schedule and data stream (``stack.epoch_batches``) for K models at
+    once, shared by both paths. ``loss`` maps the stacked batches (K, b, P, 3) and labels (K, b)
+    to the sum of the K models' losses."""
     opt = torch.optim.Adam(params, lr=settings.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs)
-    n = train_x.shape[0]
-    batch = min(settings.batch, n)
+    augment = (lambda x, g: augment_clouds(x, g, up, settings.rotate)) if settings.augment else None
     for _ in range(settings.epochs):
-        orders = [torch.randperm(n, generator=g).to(train_x.device) for g in generators]
-        for start in range(0, n, batch):
-            idx = [order[start : start + batch] for order in orders]
-            if len(idx[0]) < 2:  # BatchNorm needs two clouds; a last batch of one is skipped
-                continue
-            xs = [train_x[i] for i in idx]
-            if settings.augment:
-                xs = [augment_clouds(x, g, up, settings.rotate) for x, g in zip(xs, generators)]
-            value = loss(torch.stack(xs), torch.stack([train_y[i] for i in idx]))
+        # BatchNorm needs two clouds: a last batch of one is skipped.
+        for x, y in epoch_batches(train_x, train_y, generators, settings.batch, augment, min_size=2):
+            value = loss(x, y)
             opt.zero_grad(set_to_none=True)
             value.backward()
             opt.step()
@@ -93,7 +82,7 @@ def train_and_test(train_x: torch.Tensor, train_y: torch.Tensor, eval_sets: dict
                    num_classes: int, settings: EvalSettings, seed: int, up: int = 2) -> dict[str, float]:
     """Train one fresh PointNet on (train_x, train_y); its accuracy on each named evaluation set."""
     net = train_one(train_x, train_y, num_classes, settings, seed, up)
-    return {name: accuracy(net, x, y, batch=EVAL_BATCH) for name, (x, y) in eval_sets.items()}
+    return {name: accuracy(net, x, y, EVAL_BATCH) for name, (x, y) in eval_sets.items()}
 
 
 def train_batched(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, settings: EvalSettings,

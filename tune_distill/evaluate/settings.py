@@ -1,10 +1,12 @@
 """How a synthetic set is evaluated: the settings every evaluator takes (the ``eval_*`` config keys),
-and the K classifiers that every evaluator trains, one by one or at once."""
+and the K classifiers that every evaluator trains, one by one or at once, and scores."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Sequence
+
+import torch
 
 Progress = Callable[[int, int], None]  # (models trained so far, models in all)
 
@@ -40,12 +42,31 @@ def train_models(settings: EvalSettings, seed: int, fit: Callable[[int], dict[st
         progress(0, settings.models)
     if settings.batched:
         runs = fit_all([seed + k for k in range(settings.models)])
+        if progress is not None:
+            progress(settings.models, settings.models)
     else:
         runs = []
         for k in range(settings.models):
             runs.append(fit(seed + k))
             if progress is not None:
                 progress(k + 1, settings.models)
-    if progress is not None and settings.batched:
-        progress(settings.models, settings.models)
     return {name: [r[name] for r in runs] for name in runs[0]} if runs else {}
+
+
+def top1(predict: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor,
+         batch: int) -> float:
+    """Top-1 accuracy of ``predict`` (inputs (b, ...) -> logits (b, classes)) on a stack of
+    inputs, ``batch`` at a time, without gradients."""
+    correct = 0
+    with torch.no_grad():
+        for x, y in zip(inputs.split(batch), labels.split(batch)):
+            correct += int((predict(x).argmax(1) == y).sum())
+    return correct / max(1, len(labels))
+
+
+def accuracy(net: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int) -> float:
+    """Top-1 accuracy of ``net`` in eval mode on a stack of inputs (images, or padded point clouds)."""
+    net.eval()
+    acc = top1(net, inputs, labels, batch)
+    net.train()
+    return acc

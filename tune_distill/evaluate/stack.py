@@ -18,12 +18,35 @@ Both give each model the result it gets trained alone, up to float rounding.
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
+
+from .settings import top1
+
+
+def epoch_batches(train_x: torch.Tensor, train_y: torch.Tensor, generators: Sequence[torch.Generator], batch: int,
+                  augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None,
+                  min_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of K models' mini-batches, stacked: (inputs (K, b, ...), labels (K, b)).
+
+    Model k's generator gives its permutation and then, batch by batch, its augmentation draws, in
+    the order one model alone consumes them, so K models trained at once see exactly the batches
+    they would see one by one. Batches smaller than ``min_size`` are skipped, drawing nothing.
+    """
+    n = train_x.shape[0]
+    orders = [torch.randperm(n, generator=g).to(train_x.device) for g in generators]
+    for start in range(0, n, batch):
+        idx = [order[start : start + batch] for order in orders]
+        if len(idx[0]) < min_size:
+            continue
+        xs = [train_x[i] for i in idx]
+        if augment is not None:
+            xs = [augment(x, g) for x, g in zip(xs, generators)]
+        yield torch.stack(xs), torch.stack([train_y[i] for i in idx])
 
 
 class ModelStack:
@@ -45,7 +68,8 @@ class ModelStack:
 
     def model(self, k: int) -> dict[str, torch.Tensor]:
         """Model ``k``'s parameters and buffers (views into the stack)."""
-        return {name: t[k] for name, t in {**self.params, **self.buffers}.items()}
+        params, buffers = self._split(k)
+        return {**params, **buffers}
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The sum over models of model k's mean cross-entropy on its batch ``x[k]``, ``y[k]``, in
@@ -60,21 +84,19 @@ class ModelStack:
     def _split(self, k: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         return ({n: p[k] for n, p in self.params.items()}, {n: b[k] for n, b in self.buffers.items()})
 
-    def accuracies(self, images: torch.Tensor, labels: torch.Tensor, batch: int) -> list[float]:
-        """Each model's top-1 accuracy on (images, labels), in eval mode, without gradients.
+    def accuracies(self, inputs: torch.Tensor, labels: torch.Tensor, batch: int) -> list[float]:
+        """Each model's top-1 accuracy on (inputs, labels), in eval mode, without gradients.
 
         The models are scored in turn: a chunk of ``batch`` test inputs is already a large
         computation for one model.
         """
         self.skeleton.eval()
-        correct = [0] * self.models
-        with torch.no_grad():
-            for k in range(self.models):
-                p, b = self._split(k)
-                for x, y in zip(images.split(batch), labels.split(batch)):
-                    correct[k] += int((self._one(p, b, x).argmax(1) == y).sum())
+        accs = []
+        for k in range(self.models):
+            params, buffers = self._split(k)
+            accs.append(top1(lambda x: self._one(params, buffers, x), inputs, labels, batch))
         self.skeleton.train()
-        return [c / max(1, len(labels)) for c in correct]
+        return accs
 
     def scores(self, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]], batch: int) -> list[dict[str, float]]:
         """Per model, its accuracy on each named evaluation set."""
