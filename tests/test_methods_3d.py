@@ -77,3 +77,25 @@ def test_real_match_distils_against_real_clouds_of_the_synthetic_size(modelnet10
     assert distill_settings(cfg).real_cap == 64 and distill_settings(cfg.replace(real_match=False)).real_cap is None
     matched, whole = run(cfg, data=modelnet10), run(cfg.replace(real_match=False), data=modelnet10)
     assert not np.array_equal(matched.points, whole.points)  # the matching saw other real clouds
+
+
+def test_farthest_point_sampling_covers_each_shape_more_evenly_than_a_random_subset(modelnet10):
+    from tune_distill.methods.synthetic import init_synthetic
+
+    shapes = modelnet10.train.subset(torch.cat([modelnet10.train.members(c)[:2] for c in range(10)]))
+    whole = shapes.padded(torch.arange(len(shapes)), 1024, torch.Generator().manual_seed(0))
+
+    def distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
+
+    def coverage(points: torch.Tensor) -> torch.Tensor:  # per cloud: the farthest any of its shape's points is
+        return distances(whole, points).amin(2).amax(1)
+
+    picks = {s: init_synthetic("full", shapes, 10, modelnet10.domain, 1, 64, torch.Generator().manual_seed(1),
+                               sampling=s)[0] for s in ("random", "fps")}
+    assert picks["fps"].shape == (20, 64, 3)
+    assert (distances(picks["fps"], whole).amin(2) == 0).all()  # every point is one of its shape's points ...
+    assert all(len(torch.unique(c, dim=0)) == 64 for c in picks["fps"])  # ... and no point twice
+    assert (coverage(picks["fps"]) < coverage(picks["random"])).all()
+    again = init_synthetic("full", shapes, 10, modelnet10.domain, 1, 64, torch.Generator().manual_seed(1), sampling="fps")[0]
+    assert torch.equal(again, picks["fps"])  # deterministic in the generator

@@ -14,6 +14,10 @@ Initialisation strategies:
 - ``class_mean_topk``: the P most occupied cells of the class mean (with IPC > 1, of the means
   of IPC k-means clusters of the class).
 
+``sampling`` says how a real shape is thinned to a synthetic cloud's P points: a random subset,
+or ``fps``, farthest-point sampling from a random first point, which covers the surface evenly
+(what matters when a 1,024-point shape is stored in 64 points).
+
 The feature space of herding, k-center and class-mean top-k is occupancy: of the image grid
 (MNIST's pixels), or of a ``feature_res``-cubed voxel grid over the unit ball for 3D shapes.
 Points are kept in their domain (``Domain.project``) at the start of every iteration, as the
@@ -27,6 +31,7 @@ import torch
 from ..core.types import Clouds, Domain, voxelize
 
 INITS = ("uniform", "gaussian", "real", "real_noise", "herding", "kcenter", "class_mean_topk", "full")
+SAMPLINGS = ("random", "fps")
 
 
 def _occupancy(clouds: Clouds, indices: torch.Tensor, grid: tuple[tuple[int, ...], float, float],
@@ -69,6 +74,28 @@ def herding(features: torch.Tensor, k: int) -> torch.Tensor:
     return torch.tensor(chosen, dtype=torch.long)
 
 
+def farthest_points(clouds: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k, D): k points of each cloud (B, N, D) by farthest-point sampling, started from each
+    cloud's first point: every next point is the one farthest from all chosen ones."""
+    b = torch.arange(clouds.shape[0], device=clouds.device)
+    chosen = torch.zeros(clouds.shape[0], k, dtype=torch.long, device=clouds.device)
+    nearest = torch.full(clouds.shape[:2], float("inf"), device=clouds.device)
+    for i in range(1, k):
+        last = clouds[b, chosen[:, i - 1]]
+        nearest = torch.minimum(nearest, ((clouds - last[:, None]) ** 2).sum(-1))
+        chosen[:, i] = nearest.argmax(1)
+    return clouds[b[:, None], chosen]
+
+
+def _thinned(clouds: Clouds, indices: torch.Tensor, points: int, generator: torch.Generator, sampling: str) -> torch.Tensor:
+    """The clouds at ``indices`` as (B, points, D): a random subset, or farthest points from a
+    random start (each copy of a repeated pick starts elsewhere, so covers the shape differently)."""
+    if sampling == "random":
+        return clouds.padded(indices, points, generator)
+    whole = clouds.padded(indices, max(points, int(clouds.counts[indices].max())), generator)
+    return farthest_points(whole, points)
+
+
 def _kmeans_means(features: torch.Tensor, k: int, steps: int = 20) -> torch.Tensor:
     """k cluster means of ``features``, started from herding picks (deterministic)."""
     centres = features[herding(features, k)].clone()
@@ -105,21 +132,25 @@ def init_synthetic(
     noise: float = 1.0,
     cap: int | None = None,
     feature_res: int = 16,
+    sampling: str = "random",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Initial synthetic points (num_classes * ipc, points, D) and labels, grouped by class.
 
     ``noise`` is ``real_noise``'s jitter (cells, or units of the ball); ``feature_res`` the
-    voxel grid of the occupancy features on the unit ball.
+    voxel grid of the occupancy features on the unit ball; ``sampling`` (random | fps) how a
+    real shape is thinned to ``points``.
     """
     if kind not in INITS:
         raise ValueError(f"unknown init {kind!r}; choose one of {INITS}")
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"unknown sampling {sampling!r}; choose one of {SAMPLINGS}")
     d = domain.dims
     low, high = domain.low, domain.high
     labels = torch.arange(num_classes).repeat_interleave(ipc)
     n = num_classes * ipc
     grid = domain.voxels(feature_res)
     if kind == "full":
-        out = torch.cat([clouds.padded(torch.arange(i, min(i + 4096, len(clouds))), points, generator)
+        out = torch.cat([_thinned(clouds, torch.arange(i, min(i + 4096, len(clouds))), points, generator, sampling)
                          for i in range(0, len(clouds), 4096)])
         domain.project(out)
         return out, clouds.labels.clone()
@@ -136,11 +167,12 @@ def init_synthetic(
             cycle = torch.arange(ipc) % len(members)
             if kind in ("real", "real_noise"):
                 pick = members[torch.randperm(len(members), generator=generator)[:ipc][cycle]]
-                per_class.append(clouds.padded(pick, points, generator))
+                per_class.append(_thinned(clouds, pick, points, generator, sampling))
             elif kind in ("herding", "kcenter"):
                 feats = _occupancy(clouds, members, grid, cap)
                 choose = herding if kind == "herding" else kcenter
-                per_class.append(clouds.padded(members[choose(feats, min(ipc, len(members)))[cycle]], points, generator))
+                pick = members[choose(feats, min(ipc, len(members)))[cycle]]
+                per_class.append(_thinned(clouds, pick, points, generator, sampling))
             else:  # class_mean_topk
                 feats = _occupancy(clouds, members, grid, cap)
                 means = feats.mean(0, keepdim=True) if ipc == 1 else _kmeans_means(feats, ipc)

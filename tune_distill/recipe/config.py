@@ -39,6 +39,9 @@ class Config(BaseModel):
         "points: the same storage per class in more, smaller clouds")
     init: Literal["uniform", "gaussian", "real", "real_noise", "herding", "kcenter", "class_mean_topk", "full"] = Field(
         "uniform", description="full: every training cloud, the full-data ceiling (iterations=0)")
+    init_sampling: Literal["random", "fps"] = Field(
+        "random", description="how a real shape is thinned to a synthetic cloud's points: a random subset, "
+        "or farthest-point sampling (even coverage of the surface)")
     init_noise: float = Field(1.0, ge=0, le=10, description="std of the jitter (grid cells, or units of the unit ball) for init=real_noise")
 
     # How points reach the network -----------------------------------------------------------

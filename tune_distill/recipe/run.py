@@ -210,7 +210,7 @@ def run(config: Config, report: Report | None = None, data: Dataset | None = Non
     evaluator = make_evaluator(cfg, data, val, device)
     init_gen = torch.Generator().manual_seed(stream(cfg.seed, "init"))
     syn, labels = init_synthetic(cfg.init, train, data.num_classes, data.domain, cfg.clouds_per_class,
-                                 cfg.cloud_points, init_gen, cfg.init_noise, cfg.real_cap)
+                                 cfg.cloud_points, init_gen, cfg.init_noise, cfg.real_cap, sampling=cfg.init_sampling)
     syn = syn.to(device)
     net = settings(NetSettings, cfg)
     dist = distill_settings(cfg)
