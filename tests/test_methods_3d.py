@@ -80,7 +80,7 @@ def test_real_match_distils_against_real_clouds_of_the_synthetic_size(modelnet10
 
 
 def test_farthest_point_sampling_covers_each_shape_more_evenly_than_a_random_subset(modelnet10):
-    from tune_distill.methods.synthetic import init_synthetic
+    from tune_distill.methods.synthetic import init_synthetic, thinned_clouds
 
     shapes = modelnet10.train.subset(torch.cat([modelnet10.train.members(c)[:2] for c in range(10)]))
     whole = shapes.padded(torch.arange(len(shapes)), 1024, torch.Generator().manual_seed(0))
@@ -99,3 +99,26 @@ def test_farthest_point_sampling_covers_each_shape_more_evenly_than_a_random_sub
     assert (coverage(picks["fps"]) < coverage(picks["random"])).all()
     again = init_synthetic("full", shapes, 10, modelnet10.domain, 1, 64, torch.Generator().manual_seed(1), sampling="fps")[0]
     assert torch.equal(again, picks["fps"])  # deterministic in the generator
+    thinned = thinned_clouds(shapes, 64, torch.Generator().manual_seed(1))  # real_match's real clouds under fps
+    assert thinned.counts.tolist() == [64] * 20 and torch.equal(thinned.padded(torch.arange(20), 64, torch.Generator())
+                                                                .sort(1).values, again.sort(1).values)
+
+
+def test_herding_in_a_trained_pointnets_features_chooses_other_shapes(modelnet10):
+    from tune_distill.methods.synthetic import init_synthetic
+    from tune_distill.recipe.run import init_features
+
+    few = modelnet10.train.subset(torch.cat([modelnet10.train.members(c)[:20] for c in range(10)]))
+    cfg = make_config(dict(init="herding", init_features="pointnet", init_feature_epochs=3, eval_width=8, eval_depth=2),
+                      preset="modelnet10-quick")
+    features = init_features(cfg, few, modelnet10, torch.device("cpu"))
+    assert features.shape == (200, 16)  # eval_width 8 x 2^(depth - 1) pooled channels per shape
+    assert torch.equal(init_features(cfg, few, modelnet10, torch.device("cpu")), features)  # deterministic
+    assert init_features(cfg.replace(init_features="occupancy"), few, modelnet10, torch.device("cpu")) is None
+
+    def picks(feats):
+        return init_synthetic("herding", few, 10, modelnet10.domain, 3, 64, torch.Generator().manual_seed(0), features=feats)[0]
+
+    assert not torch.equal(picks(features), picks(None))
+    with pytest.raises(UserError, match="init_features=pointnet embeds 3D shapes"):
+        make_config({"init_features": "pointnet"}, preset="quick")

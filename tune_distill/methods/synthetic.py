@@ -18,7 +18,8 @@ Initialisation strategies:
 or ``fps``, farthest-point sampling from a random first point, which covers the surface evenly
 (what matters when a 1,024-point shape is stored in 64 points).
 
-The feature space of herding, k-center and class-mean top-k is occupancy: of the image grid
+The feature space of herding and k-center is the ``features`` given (e.g. a trained network's
+embedding of every real cloud); without them, and always for class-mean top-k, it is occupancy: of the image grid
 (MNIST's pixels), or of a ``feature_res``-cubed voxel grid over the unit ball for 3D shapes.
 Points are kept in their domain (``Domain.project``) at the start of every iteration, as the
 paper does.
@@ -96,6 +97,15 @@ def _thinned(clouds: Clouds, indices: torch.Tensor, points: int, generator: torc
     return farthest_points(whole, points)
 
 
+def thinned_clouds(clouds: Clouds, points: int, generator: torch.Generator, sampling: str = "fps") -> Clouds:
+    """Every cloud thinned to ``points`` points as an init would thin it: the real clouds that
+    synthetic clouds made by ``sampling`` are to be compared with."""
+    chunks = [_thinned(clouds, torch.arange(i, min(i + 1024, len(clouds))), points, generator, sampling)
+              for i in range(0, len(clouds), 1024)]
+    flat = torch.cat(chunks).reshape(-1, clouds.points.shape[1]).to(clouds.points.dtype)
+    return Clouds(flat, torch.arange(len(clouds) + 1, dtype=torch.long) * points, clouds.labels.clone())
+
+
 def _kmeans_means(features: torch.Tensor, k: int, steps: int = 20) -> torch.Tensor:
     """k cluster means of ``features``, started from herding picks (deterministic)."""
     centres = features[herding(features, k)].clone()
@@ -133,12 +143,14 @@ def init_synthetic(
     cap: int | None = None,
     feature_res: int = 16,
     sampling: str = "random",
+    features: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Initial synthetic points (num_classes * ipc, points, D) and labels, grouped by class.
 
     ``noise`` is ``real_noise``'s jitter (cells, or units of the ball); ``feature_res`` the
     voxel grid of the occupancy features on the unit ball; ``sampling`` (random | fps) how a
-    real shape is thinned to ``points``.
+    real shape is thinned to ``points``; ``features`` (len(clouds), F), if given, the space
+    herding and k-center choose in.
     """
     if kind not in INITS:
         raise ValueError(f"unknown init {kind!r}; choose one of {INITS}")
@@ -169,7 +181,7 @@ def init_synthetic(
                 pick = members[torch.randperm(len(members), generator=generator)[:ipc][cycle]]
                 per_class.append(_thinned(clouds, pick, points, generator, sampling))
             elif kind in ("herding", "kcenter"):
-                feats = _occupancy(clouds, members, grid, cap)
+                feats = _occupancy(clouds, members, grid, cap) if features is None else features[members]
                 choose = herding if kind == "herding" else kcenter
                 pick = members[choose(feats, min(ipc, len(members)))[cycle]]
                 per_class.append(_thinned(clouds, pick, points, generator, sampling))

@@ -42,6 +42,10 @@ class Config(BaseModel):
     init_sampling: Literal["random", "fps"] = Field(
         "random", description="how a real shape is thinned to a synthetic cloud's points: a random subset, "
         "or farthest-point sampling (even coverage of the surface)")
+    init_features: Literal["occupancy", "pointnet"] = Field(
+        "occupancy", description="herding / kcenter choose in: occupancy grids, or the pooled features of a PointNet "
+        "trained on the real training clouds (modelnet only)")
+    init_feature_epochs: int = Field(10, ge=1, le=1000, description="init_features=pointnet: epochs of that PointNet's training")
     init_noise: float = Field(1.0, ge=0, le=10, description="std of the jitter (grid cells, or units of the unit ball) for init=real_noise")
 
     # How points reach the network -----------------------------------------------------------
@@ -162,6 +166,9 @@ class Config(BaseModel):
                              "choose a cloud_split that divides points")
         if self.dm_embedding == "quantiles" and self.family != "pointnet":
             raise ValueError("dm_embedding=quantiles reads per-point features: set family=pointnet, or dm_embedding=pooled")
+        if self.init_features == "pointnet" and self.dataset == "mnist":
+            raise ValueError("init_features=pointnet embeds 3D shapes: use it with dataset=modelnet10|modelnet40, "
+                             "or init_features=occupancy")
         if self.norm == "batch" and self.family != "pointnet":
             raise ValueError("norm=batch is for family=pointnet; voxel networks take none or instance")
         if self.dataset != "mnist":

@@ -14,7 +14,7 @@ are measured by the very same evaluator.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, TypeVar
 
 import numpy as np
@@ -26,9 +26,10 @@ from ..core.seeding import stream
 from ..core.types import Clouds, Domain
 from ..data import Dataset, hold_out, load_dataset
 from ..evaluate import EvalSettings, Evaluator, build_evaluator
+from ..evaluate.point import train_one
 from ..methods.encoding import Encoding
 from ..methods.loop import DistillSettings, Report, distill
-from ..methods.synthetic import init_synthetic
+from ..methods.synthetic import init_synthetic, thinned_clouds
 from ..methods.trajectory import TrajectorySettings, match_trajectories
 from ..nets import NetSettings
 from .config import Config
@@ -175,6 +176,24 @@ def evaluate_set(cfg: Config, points: np.ndarray, labels: np.ndarray, data: Data
                      eval_seed(cfg), progress)
 
 
+FEATURE_POINTS = 256  # points per real shape when training and reading init_features=pointnet's network
+FEATURE_BATCH = 32
+
+
+def init_features(cfg: Config, train: Clouds, data: Dataset, device: torch.device) -> torch.Tensor | None:
+    """Herding's / k-center's space: None (occupancy), or with ``init_features=pointnet`` every
+    training cloud's pooled features under a PointNet trained on those clouds (the evaluator's
+    network and recipe), as herding baselines use a trained network's features."""
+    if cfg.init_features == "occupancy":
+        return None
+    seed = stream(cfg.seed, "features")
+    x = train.padded(torch.arange(len(train)), FEATURE_POINTS, torch.Generator().manual_seed(seed)).to(device)
+    settings = replace(eval_settings(cfg), models=1, epochs=cfg.init_feature_epochs, batch=FEATURE_BATCH)
+    net = train_one(x, train.labels.to(device), data.num_classes, settings, seed, data.domain.up).eval()
+    with torch.no_grad():
+        return torch.cat([net.embed(chunk) for chunk in x.split(256)]).cpu()
+
+
 def eval_seed(cfg: Config) -> int:
     return stream(cfg.seed, "eval") % 2**31
 
@@ -210,8 +229,14 @@ def run(config: Config, report: Report | None = None, data: Dataset | None = Non
     evaluator = make_evaluator(cfg, data, val, device)
     init_gen = torch.Generator().manual_seed(stream(cfg.seed, "init"))
     syn, labels = init_synthetic(cfg.init, train, data.num_classes, data.domain, cfg.clouds_per_class,
-                                 cfg.cloud_points, init_gen, cfg.init_noise, cfg.real_cap, sampling=cfg.init_sampling)
+                                 cfg.cloud_points, init_gen, cfg.init_noise, cfg.real_cap, sampling=cfg.init_sampling,
+                                 features=init_features(cfg, train, data, device))
     syn = syn.to(device)
+    # real_match compares synthetic clouds with real ones of their size, thinned the same way.
+    matched = train
+    if cfg.real_match and cfg.init_sampling != "random":
+        thin_gen = torch.Generator().manual_seed(stream(cfg.seed, "thin"))
+        matched = thinned_clouds(train, cfg.cloud_points, thin_gen, cfg.init_sampling)
     net = settings(NetSettings, cfg)
     dist = distill_settings(cfg)
     evaluations: list[dict] = []
@@ -247,7 +272,7 @@ def run(config: Config, report: Report | None = None, data: Dataset | None = Non
             syn.copy_(stage["points"])
         history = stage["history"]
     else:
-        history = distill(dist, net, train, data.num_classes, data.domain, syn, device, report, evaluate_at)
+        history = distill(dist, net, matched, data.num_classes, data.domain, syn, device, report, evaluate_at)
     if cfg.tm_iterations:
         data_id = {"dataset": data.name, **data.options, "val_size": cfg.val_size}
         history += match_trajectories(trajectory_settings(cfg), train, data.num_classes, data.domain, syn, labels,
