@@ -8,7 +8,7 @@ folder), so a ModelNet config runs the same way:
 
     python benchmarks/bench_accuracy.py --data-dir ../shared/data/mnist [--config FILE] [--seeds 0 1 2 3 4]
                                         [--set key=value ...]
-    python benchmarks/bench_accuracy.py --config configs/modelnet10-best.yaml --data-dir ../shared/data/modelnet10_pcd1024
+    python benchmarks/bench_accuracy.py --config configs/modelnet10-herding-fps.yaml --data-dir ../shared/data/modelnet10_pcd1024
 """
 
 from __future__ import annotations

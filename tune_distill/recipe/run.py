@@ -184,7 +184,7 @@ def init_features(cfg: Config, train: Clouds, data: Dataset, device: torch.devic
     """Herding's / k-center's space: None (occupancy), or with ``init_features=pointnet`` every
     training cloud's pooled features under a PointNet trained on those clouds (the evaluator's
     network and recipe), as herding baselines use a trained network's features."""
-    if cfg.init_features == "occupancy":
+    if cfg.init_features == "occupancy" or cfg.init not in ("herding", "kcenter"):
         return None
     seed = stream(cfg.seed, "features")
     x = train.padded(torch.arange(len(train)), FEATURE_POINTS, torch.Generator().manual_seed(seed)).to(device)
