@@ -19,8 +19,9 @@ or ``fps``, farthest-point sampling from a random first point, which covers the 
 (what matters when a 1,024-point shape is stored in 64 points).
 
 The feature space of herding and k-center is the ``features`` given (e.g. a trained network's
-embedding of every real cloud); without them, and always for class-mean top-k, it is occupancy: of the image grid
-(MNIST's pixels), or of a ``feature_res``-cubed voxel grid over the unit ball for 3D shapes.
+embedding of every real cloud); without them, and always for class-mean top-k, it is occupancy:
+of the image grid (MNIST's pixels), or of a ``feature_res``-cubed voxel grid over the unit ball
+for 3D shapes.
 Points are kept in their domain (``Domain.project``) at the start of every iteration, as the
 paper does.
 """
@@ -97,13 +98,18 @@ def _thinned(clouds: Clouds, indices: torch.Tensor, points: int, generator: torc
     return farthest_points(whole, points)
 
 
+def _thinned_all(clouds: Clouds, points: int, generator: torch.Generator, sampling: str) -> torch.Tensor:
+    """Every cloud as (N, points, D), thinned in chunks (the draws do not depend on the chunking)."""
+    return torch.cat([_thinned(clouds, torch.arange(i, min(i + 4096, len(clouds))), points, generator, sampling)
+                      for i in range(0, len(clouds), 4096)])
+
+
 def thinned_clouds(clouds: Clouds, points: int, generator: torch.Generator, sampling: str = "fps") -> Clouds:
     """Every cloud thinned to ``points`` points as an init would thin it: the real clouds that
     synthetic clouds made by ``sampling`` are to be compared with."""
-    chunks = [_thinned(clouds, torch.arange(i, min(i + 1024, len(clouds))), points, generator, sampling)
-              for i in range(0, len(clouds), 1024)]
-    flat = torch.cat(chunks).reshape(-1, clouds.points.shape[1]).to(clouds.points.dtype)
-    return Clouds(flat, torch.arange(len(clouds) + 1, dtype=torch.long) * points, clouds.labels.clone())
+    flat = _thinned_all(clouds, points, generator, sampling).reshape(-1, clouds.points.shape[1])
+    return Clouds(flat.to(clouds.points.dtype), torch.arange(len(clouds) + 1, dtype=torch.long) * points,
+                  clouds.labels.clone())
 
 
 def _kmeans_means(features: torch.Tensor, k: int, steps: int = 20) -> torch.Tensor:
@@ -162,8 +168,7 @@ def init_synthetic(
     n = num_classes * ipc
     grid = domain.voxels(feature_res)
     if kind == "full":
-        out = torch.cat([_thinned(clouds, torch.arange(i, min(i + 4096, len(clouds))), points, generator, sampling)
-                         for i in range(0, len(clouds), 4096)])
+        out = _thinned_all(clouds, points, generator, sampling)
         domain.project(out)
         return out, clouds.labels.clone()
     if kind == "uniform":

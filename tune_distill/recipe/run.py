@@ -26,7 +26,7 @@ from ..core.seeding import stream
 from ..core.types import Clouds, Domain
 from ..data import Dataset, hold_out, load_dataset
 from ..evaluate import EvalSettings, Evaluator, build_evaluator
-from ..evaluate.point import train_one
+from ..evaluate.point import EVAL_BATCH, train_one
 from ..methods.encoding import Encoding
 from ..methods.loop import DistillSettings, Report, distill
 from ..methods.synthetic import init_synthetic, thinned_clouds
@@ -191,7 +191,7 @@ def init_features(cfg: Config, train: Clouds, data: Dataset, device: torch.devic
     settings = replace(eval_settings(cfg), models=1, epochs=cfg.init_feature_epochs, batch=FEATURE_BATCH)
     net = train_one(x, train.labels.to(device), data.num_classes, settings, seed, data.domain.up).eval()
     with torch.no_grad():
-        return torch.cat([net.embed(chunk) for chunk in x.split(256)]).cpu()
+        return torch.cat([net.embed(chunk) for chunk in x.split(EVAL_BATCH)]).cpu()
 
 
 def eval_seed(cfg: Config) -> int:
