@@ -108,12 +108,14 @@ def test_batched_pointnets_equal_one_by_one_with_their_own_batchnorm_statistics(
     assert not torch.allclose(running[0], running[1])  # each model keeps its own statistics
 
 
-def test_batched_point_evaluator_scores_as_one_by_one(shapes):
+@pytest.mark.parametrize("metric", ["accuracy", "balanced"])
+def test_batched_point_evaluator_scores_as_one_by_one(shapes, metric):
     points, labels, data = shapes
     splits = {"test": data.test.subset(torch.arange(0, 908, 6))}
-    one = build_evaluator(data.domain, 10, splits, POINT_SETTINGS)(points, labels, seed=SEED)
+    settings = replace(POINT_SETTINGS, metric=metric)
+    one = build_evaluator(data.domain, 10, splits, settings)(points, labels, seed=SEED)
     calls: list[tuple[int, int]] = []
-    batched = build_evaluator(data.domain, 10, splits, replace(POINT_SETTINGS, batched=True))(
+    batched = build_evaluator(data.domain, 10, splits, replace(settings, batched=True))(
         points, labels, seed=SEED, progress=lambda done, total: calls.append((done, total)))
     assert batched == one and len(one["test"]) == K
     assert calls == [(0, K), (K, K)]

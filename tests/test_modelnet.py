@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tune_distill import make_config, run
 from tune_distill.core.errors import UserError
@@ -139,6 +140,34 @@ def test_point_evaluator_is_deterministic_and_learns(mn10):
     assert evaluator(syn, labels, seed=5) == first  # same seed, same accuracies, to the bit
     assert set(first) == {"test", "val"} and len(first["test"]) == 2
     assert np.mean(first["test"]) > 0.25  # well above chance (0.10) from 40 real shapes
+
+
+def test_balanced_accuracy_weighs_every_class_alike(mn10):
+    # A classifier right on every test shape but the bathtubs: plain accuracy loses the
+    # bathtubs' share of the 908 shapes, balanced accuracy one class in ten.
+    from tune_distill.evaluate.settings import top1
+
+    y = mn10.test.labels
+    bathtub = mn10.class_names.index("bathtub")
+    shown = F.one_hot(y, 10).float()  # the "inputs": each shape's own label, one-hot
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x[:, bathtub:bathtub + 1] > 0, torch.roll(x, 1, dims=1), x)
+
+    share = float((y == bathtub).double().mean())
+    assert 0 < share < 0.1  # 50 of 908: the test split is not balanced to the shape
+    assert top1(predict, shown, y, 100) == pytest.approx(1 - share)
+    assert top1(predict, shown, y, 100, "balanced") == pytest.approx(0.9)
+    assert top1(lambda x: x, shown, y, 100, "balanced") == 1.0
+
+
+def test_a_run_scored_by_balanced_accuracy_distils_the_same_set(mn10):
+    # The metric is how the set is judged, not how it is made; on the imbalanced validation
+    # split the two scores differ.
+    cfg = make_config(dict(TINY, eval_split="val"), preset="modelnet10-quick")
+    plain, balanced = run(cfg, data=mn10), run(cfg.replace(eval_metric="balanced"), data=mn10)
+    assert np.array_equal(plain.points, balanced.points)
+    assert plain.accuracies != balanced.accuracies and all(0 <= a <= 1 for a in balanced.accuracies)
 
 
 @pytest.mark.parametrize("init", ["uniform", "gaussian", "real", "real_noise", "herding", "kcenter", "class_mean_topk"])

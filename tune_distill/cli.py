@@ -56,8 +56,11 @@ def _fresh_out_dir(out: str | None, stem: str) -> Path:
     return path
 
 
-def _classifier(cfg: Config) -> str:
-    return "ConvNets" if cfg.dataset == "mnist" else "PointNets"
+def _scored(cfg: Config, split: str) -> str:
+    """What a printed score is: the metric, the split, the classifiers behind it."""
+    metric = "balanced accuracy" if cfg.eval_metric == "balanced" else "accuracy"
+    nets = "ConvNets" if cfg.dataset == "mnist" else "PointNets"
+    return f"{metric} ({split}, {cfg.eval_models} {nets} x {cfg.eval_epochs} epochs)"
 
 
 def _progress(total: int, models: int) -> tuple[Callable[[dict], None], Callable[[], None]]:
@@ -106,7 +109,7 @@ def _run_and_save(cfg: Config, args: argparse.Namespace, stem: str) -> int:
     finally:
         close()
     save_run(result, out)
-    print(f"accuracy ({result.split}, {cfg.eval_models} {_classifier(cfg)} x {cfg.eval_epochs} epochs): "
+    print(f"{_scored(cfg, result.split)}: "
           f"{100 * result.acc_mean:.2f} ± {100 * result.acc_std:.2f} %  "
           f"[{', '.join(f'{100 * a:.2f}' for a in result.accuracies)}]")
     print(f"time: {result.seconds:.1f} s (distillation {result.distill_seconds:.1f} s, "
@@ -170,7 +173,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         close()
     accs = scores.pop(cfg.eval_split)
     mean, std = float(np.mean(accs)), float(np.std(accs))
-    print(f"accuracy ({cfg.eval_split}, {cfg.eval_models} {_classifier(cfg)} x {cfg.eval_epochs} epochs): "
+    print(f"{_scored(cfg, cfg.eval_split)}: "
           f"{100 * mean:.2f} ± {100 * std:.2f} %  [{', '.join(f'{100 * a:.2f}' for a in accs)}]")
     out = {"split": cfg.eval_split, "acc_mean": mean, "acc_std": std, "accuracies": accs}
     out.update({f"{name}_accuracies": a for name, a in scores.items()})

@@ -76,7 +76,7 @@ def train_and_test(train_x: torch.Tensor, train_y: torch.Tensor, eval_sets: dict
                    num_classes: int, settings: EvalSettings, seed: int) -> dict[str, float]:
     """Train one fresh ConvNet on (train_x, train_y); its accuracy on each named evaluation set."""
     net = train_one(train_x, train_y, num_classes, settings, seed)
-    return {name: accuracy(net, x, y, EVAL_BATCH) for name, (x, y) in eval_sets.items()}
+    return {name: accuracy(net, x, y, EVAL_BATCH, settings.metric) for name, (x, y) in eval_sets.items()}
 
 
 def train_batched(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, settings: EvalSettings,
@@ -107,7 +107,7 @@ def train_and_test_batched(train_x: torch.Tensor, train_y: torch.Tensor,
                            eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]], num_classes: int,
                            settings: EvalSettings, seeds: Sequence[int]) -> list[dict[str, float]]:
     """``train_and_test`` for every seed, all models trained at once."""
-    return train_batched(train_x, train_y, num_classes, settings, seeds).scores(eval_sets, EVAL_BATCH)
+    return train_batched(train_x, train_y, num_classes, settings, seeds).scores(eval_sets, EVAL_BATCH, settings.metric)
 
 
 def evaluate_images(train_x: torch.Tensor, train_y: torch.Tensor, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]],

@@ -82,7 +82,7 @@ def train_and_test(train_x: torch.Tensor, train_y: torch.Tensor, eval_sets: dict
                    num_classes: int, settings: EvalSettings, seed: int, up: int = 2) -> dict[str, float]:
     """Train one fresh PointNet on (train_x, train_y); its accuracy on each named evaluation set."""
     net = train_one(train_x, train_y, num_classes, settings, seed, up)
-    return {name: accuracy(net, x, y, EVAL_BATCH) for name, (x, y) in eval_sets.items()}
+    return {name: accuracy(net, x, y, EVAL_BATCH, settings.metric) for name, (x, y) in eval_sets.items()}
 
 
 def train_batched(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, settings: EvalSettings,
@@ -109,7 +109,7 @@ class PointEvaluator:
         x, y = points.detach().to(self.device), labels.to(self.device)
         settings, up = self.settings, self.domain.up
         return train_models(settings, seed, lambda s: train_and_test(x, y, self.sets, self.num_classes, settings, s, up),
-                            lambda seeds: train_batched(x, y, self.num_classes, settings, seeds, up).scores(self.sets, EVAL_BATCH),
+                            lambda seeds: train_batched(x, y, self.num_classes, settings, seeds, up).scores(self.sets, EVAL_BATCH, settings.metric),
                             progress)
 
 

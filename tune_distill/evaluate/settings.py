@@ -18,7 +18,10 @@ class EvalSettings:
     ``lr`` is SGD's for the image ConvNet and Adam's for PointNet; ``rotate`` (point clouds only)
     adds a random rotation about the up axis to the training augmentation. ``batched`` trains the K
     models as one computation (``evaluate.stack``): the same random streams and, up to float
-    rounding, the same results; on a GPU each kernel launch does K models' work.
+    rounding, the same results; on a GPU each kernel launch does K models' work. ``metric`` is how
+    a split is scored: ``accuracy`` (top-1 over its shapes) or ``balanced`` (top-1 per class,
+    averaged over the classes), which weighs a split as if every class had as many shapes: the
+    score to select on when the held-out split is imbalanced and the test split is not.
     """
 
     models: int = 5
@@ -30,6 +33,7 @@ class EvalSettings:
     augment: bool = True
     rotate: bool = False
     batched: bool = False
+    metric: str = "accuracy"
 
 
 def train_models(settings: EvalSettings, seed: int, fit: Callable[[int], dict[str, float]],
@@ -54,19 +58,28 @@ def train_models(settings: EvalSettings, seed: int, fit: Callable[[int], dict[st
 
 
 def top1(predict: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor,
-         batch: int) -> float:
+         batch: int, metric: str = "accuracy") -> float:
     """Top-1 accuracy of ``predict`` (inputs (b, ...) -> logits (b, classes)) on a stack of
-    inputs, ``batch`` at a time, without gradients."""
-    correct = 0
+    inputs, ``batch`` at a time, without gradients; with ``metric="balanced"`` the mean over the
+    classes present in ``labels`` of each class's top-1 accuracy."""
+    hits = []
     with torch.no_grad():
         for x, y in zip(inputs.split(batch), labels.split(batch)):
-            correct += int((predict(x).argmax(1) == y).sum())
-    return correct / max(1, len(labels))
+            hits.append(predict(x).argmax(1) == y)
+    if not hits:
+        return 0.0
+    hit = torch.cat(hits).cpu()
+    if metric == "balanced":
+        classes = labels.cpu()
+        per_class = [hit[classes == c].double().mean() for c in classes.unique()]
+        return float(torch.stack(per_class).mean())
+    return int(hit.sum()) / len(labels)
 
 
-def accuracy(net: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int) -> float:
-    """Top-1 accuracy of ``net`` in eval mode on a stack of inputs (images, or padded point clouds)."""
+def accuracy(net: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int,
+             metric: str = "accuracy") -> float:
+    """``top1`` of ``net`` in eval mode on a stack of inputs (images, or padded point clouds)."""
     net.eval()
-    acc = top1(net, inputs, labels, batch)
+    acc = top1(net, inputs, labels, batch, metric)
     net.train()
     return acc

@@ -84,8 +84,9 @@ class ModelStack:
     def _split(self, k: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         return ({n: p[k] for n, p in self.params.items()}, {n: b[k] for n, b in self.buffers.items()})
 
-    def accuracies(self, inputs: torch.Tensor, labels: torch.Tensor, batch: int) -> list[float]:
-        """Each model's top-1 accuracy on (inputs, labels), in eval mode, without gradients.
+    def accuracies(self, inputs: torch.Tensor, labels: torch.Tensor, batch: int,
+                   metric: str = "accuracy") -> list[float]:
+        """Each model's ``top1`` on (inputs, labels), in eval mode, without gradients.
 
         The models are scored in turn: a chunk of ``batch`` test inputs is already a large
         computation for one model.
@@ -94,11 +95,12 @@ class ModelStack:
         accs = []
         for k in range(self.models):
             params, buffers = self._split(k)
-            accs.append(top1(lambda x: self._one(params, buffers, x), inputs, labels, batch))
+            accs.append(top1(lambda x: self._one(params, buffers, x), inputs, labels, batch, metric))
         self.skeleton.train()
         return accs
 
-    def scores(self, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]], batch: int) -> list[dict[str, float]]:
-        """Per model, its accuracy on each named evaluation set."""
-        per_set = {name: self.accuracies(x, y, batch) for name, (x, y) in eval_sets.items()}
+    def scores(self, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]], batch: int,
+               metric: str = "accuracy") -> list[dict[str, float]]:
+        """Per model, its score (``top1``'s ``metric``) on each named evaluation set."""
+        per_set = {name: self.accuracies(x, y, batch, metric) for name, (x, y) in eval_sets.items()}
         return [{name: accs[k] for name, accs in per_set.items()} for k in range(self.models)]

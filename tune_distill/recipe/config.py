@@ -134,6 +134,8 @@ class Config(BaseModel):
     eval_batched: bool = Field(False, description="train the K evaluation networks as one computation "
                                "(vmapped on GPUs): same streams, same results to float rounding")
     eval_split: Literal["test", "val"] = Field("test", description="val needs val_size > 0")
+    eval_metric: Literal["accuracy", "balanced"] = Field(
+        "accuracy", description="balanced: per-class top-1 averaged over classes (every split scored)")
     eval_test_size: int | None = Field(None, ge=1, description="evaluate on the first N clouds of each split (None: all)")
     eval_at: list[int] = Field(default_factory=list, description="also evaluate at these iterations")
 
