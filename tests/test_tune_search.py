@@ -206,6 +206,28 @@ def test_errored_trial_is_recorded_and_the_rest_complete(ray_cluster, mnist_dir,
     assert sorted(done["device"]) == ["cpu", "cpu"] and done["objective"].notna().all()
 
 
+LOCAL_CLUSTER = """
+import os, ray
+from tune_distill.tune.tuner import _connect
+_connect(None)
+@ray.remote
+def niceness():
+    return os.nice(0)
+print(ray.get(niceness.remote()), os.nice(0))
+"""
+
+
+def test_a_local_cluster_runs_its_workers_at_the_drivers_priority(tmp_path):
+    # Ray's own default, niceness 15, lets any other busy process of the machine starve a
+    # search's trials; the cluster a search starts for itself keeps them at the driver's.
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_worker_niceness")}
+    done = subprocess.run([sys.executable, "-c", LOCAL_CLUSTER], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    worker, driver = map(int, done.stdout.split()[-2:])
+    assert worker == driver
+
+
 def test_gpus_on_a_cluster_without_gpus_fail_before_the_search(ray_cluster, mnist_dir, tmp_path):
     raw = tiny_space({"depth": {"choice": [2, 3]}}, algorithm="grid", resources={"cpus": 1, "gpus": 0.5})
     raw["base"]["set"]["device"] = "auto"

@@ -178,6 +178,9 @@ def _new_tuner(space: SearchSpace, name: str, exp_dir: Path, trainable: Any, cal
 
 
 # Cluster -------------------------------------------------------------------------------------
+WORKER_NICENESS = "RAY_worker_niceness"  # read by the raylet that ray.init starts
+
+
 def _connect(address: str | None) -> bool:
     """Join ``address`` (or start a local cluster); True when this call started Ray."""
     import ray
@@ -185,8 +188,13 @@ def _connect(address: str | None) -> bool:
     _reachable(address)
     if ray.is_initialized():  # e.g. a notebook or a test session that started Ray itself
         return False
+    # Ray starts its workers at niceness 15, under every other process of the machine: on a
+    # workstation where anything else runs, the trials (the search's whole work) then starve.
+    # A local cluster's workers run at the driver's priority unless the user sets the variable.
+    local = address is None and WORKER_NICENESS not in os.environ
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        with _environment(WORKER_NICENESS, "0") if local else contextlib.nullcontext():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     except ConnectionError as exc:
         raise UserError(f"--address {address}: cannot join a Ray cluster there ({str(exc).splitlines()[0]}); start one "
                         "with `ray start --head`, or leave --address out; a cluster with token authentication "
@@ -233,22 +241,27 @@ def check_resources(space: SearchSpace, trial_gpus: float) -> None:
 
 
 @contextlib.contextmanager
-def _tune_console_output_off() -> Iterator[None]:
-    """Ray's console reporter off during ``fit()`` (our ``Progress`` callback replaces it).
-
-    With verbose=0 Tune's default reporter still prints a configuration box and every trial's
-    error with a path inside Ray's temp folder; ``RAY_AIR_NEW_OUTPUT=0`` selects its legacy
-    reporter, which verbose=0 silences. The variable is restored afterwards.
-    """
-    old = os.environ.get("RAY_AIR_NEW_OUTPUT")
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+def _environment(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` for the duration of the block, then as it was."""
+    old = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["RAY_AIR_NEW_OUTPUT"] = old
+            os.environ[name] = old
+
+
+def _tune_console_output_off() -> contextlib.AbstractContextManager[None]:
+    """Ray's console reporter off during ``fit()`` (our ``Progress`` callback replaces it).
+
+    With verbose=0 Tune's default reporter still prints a configuration box and every trial's
+    error with a path inside Ray's temp folder; ``RAY_AIR_NEW_OUTPUT=0`` selects its legacy
+    reporter, which verbose=0 silences.
+    """
+    return _environment("RAY_AIR_NEW_OUTPUT", "0")
 
 
 def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
