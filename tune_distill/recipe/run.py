@@ -234,7 +234,7 @@ def run(config: Config, report: Report | None = None, data: Dataset | None = Non
     syn = syn.to(device)
     # real_match compares synthetic clouds with real ones of their size, thinned the same way.
     matched = train
-    if cfg.real_match and cfg.init_sampling != "random":
+    if cfg.real_match and cfg.init_sampling != "random" and cfg.iterations:
         thin_gen = torch.Generator().manual_seed(stream(cfg.seed, "thin"))
         matched = thinned_clouds(train, cfg.cloud_points, thin_gen, cfg.init_sampling)
     net = settings(NetSettings, cfg)
