@@ -4,11 +4,12 @@ and the K classifiers that every evaluator trains, one by one or at once, and sc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 
 Progress = Callable[[int, int], None]  # (models trained so far, models in all)
+Metric = Literal["accuracy", "balanced"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class EvalSettings:
     augment: bool = True
     rotate: bool = False
     batched: bool = False
-    metric: str = "accuracy"
+    metric: Metric = "accuracy"
 
 
 def train_models(settings: EvalSettings, seed: int, fit: Callable[[int], dict[str, float]],
@@ -58,7 +59,7 @@ def train_models(settings: EvalSettings, seed: int, fit: Callable[[int], dict[st
 
 
 def top1(predict: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor,
-         batch: int, metric: str = "accuracy") -> float:
+         batch: int, metric: Metric = "accuracy") -> float:
     """Top-1 accuracy of ``predict`` (inputs (b, ...) -> logits (b, classes)) on a stack of
     inputs, ``batch`` at a time, without gradients; with ``metric="balanced"`` the mean over the
     classes present in ``labels`` of each class's top-1 accuracy."""
@@ -77,7 +78,7 @@ def top1(predict: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, 
 
 
 def accuracy(net: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int,
-             metric: str = "accuracy") -> float:
+             metric: Metric = "accuracy") -> float:
     """``top1`` of ``net`` in eval mode on a stack of inputs (images, or padded point clouds)."""
     net.eval()
     acc = top1(net, inputs, labels, batch, metric)

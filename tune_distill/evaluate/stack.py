@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .settings import top1
+from .settings import Metric, top1
 
 
 def epoch_batches(train_x: torch.Tensor, train_y: torch.Tensor, generators: Sequence[torch.Generator], batch: int,
@@ -85,7 +85,7 @@ class ModelStack:
         return ({n: p[k] for n, p in self.params.items()}, {n: b[k] for n, b in self.buffers.items()})
 
     def accuracies(self, inputs: torch.Tensor, labels: torch.Tensor, batch: int,
-                   metric: str = "accuracy") -> list[float]:
+                   metric: Metric = "accuracy") -> list[float]:
         """Each model's ``top1`` on (inputs, labels), in eval mode, without gradients.
 
         The models are scored in turn: a chunk of ``batch`` test inputs is already a large
@@ -100,7 +100,7 @@ class ModelStack:
         return accs
 
     def scores(self, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]], batch: int,
-               metric: str = "accuracy") -> list[dict[str, float]]:
+               metric: Metric = "accuracy") -> list[dict[str, float]]:
         """Per model, its score (``top1``'s ``metric``) on each named evaluation set."""
         per_set = {name: self.accuracies(x, y, batch, metric) for name, (x, y) in eval_sets.items()}
         return [{name: accs[k] for name, accs in per_set.items()} for k in range(self.models)]
