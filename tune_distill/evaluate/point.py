@@ -108,9 +108,11 @@ class PointEvaluator:
                  progress: Progress | None = None) -> dict[str, list[float]]:
         x, y = points.detach().to(self.device), labels.to(self.device)
         settings, up = self.settings, self.domain.up
+        def fit_all(seeds: Sequence[int]) -> list[dict[str, float]]:
+            return train_batched(x, y, self.num_classes, settings, seeds, up).scores(self.sets, EVAL_BATCH, settings.metric)
+
         return train_models(settings, seed, lambda s: train_and_test(x, y, self.sets, self.num_classes, settings, s, up),
-                            lambda seeds: train_batched(x, y, self.num_classes, settings, seeds, up).scores(self.sets, EVAL_BATCH, settings.metric),
-                            progress)
+                            fit_all, progress)
 
 
 def draw_clouds(points: torch.Tensor, labels: torch.Tensor, path: Path, class_names: tuple[str, ...] = ()) -> None:
