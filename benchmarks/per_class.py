@@ -22,6 +22,7 @@ import torch
 
 from tune_distill.data import load_dataset
 from tune_distill.evaluate.point import EVAL_BATCH, train_one
+from tune_distill.evaluate.settings import class_accuracies, predictions
 from tune_distill.recipe.config import load_config_file, make_config
 from tune_distill.recipe.run import eval_seed, eval_settings, split_train
 
@@ -47,11 +48,11 @@ def main() -> None:
             if clouds is None:
                 continue
             x, y = clouds.batch(torch.arange(len(clouds))).padded(), clouds.labels
-            with torch.no_grad():
-                pred = torch.cat([net(chunk).argmax(1) for chunk in x.split(EVAL_BATCH)])
-            per = {n: round(100 * float((pred[y == k] == k).float().mean()), 1) for k, n in enumerate(data.class_names)}
-            out[name] = {"acc": round(100 * float((pred == y).float().mean()), 2),
-                         "balanced": round(float(np.mean(list(per.values()))), 2), "per_class": per}
+            pred = predictions(net, x, EVAL_BATCH)
+            per = class_accuracies(pred, y)
+            out[name] = {"acc": round(100 * float((pred == y).double().mean()), 2),
+                         "balanced": round(100 * sum(per.values()) / len(per), 2),
+                         "per_class": {data.class_names[k]: round(100 * a, 1) for k, a in per.items()}}
         print(json.dumps(out), flush=True)
 
 

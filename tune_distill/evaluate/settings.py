@@ -58,23 +58,30 @@ def train_models(settings: EvalSettings, seed: int, fit: Callable[[int], dict[st
     return {name: [r[name] for r in runs] for name in runs[0]} if runs else {}
 
 
+def predictions(predict: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, batch: int) -> torch.Tensor:
+    """The class ``predict`` (inputs (b, ...) -> logits (b, classes)) gives each input, ``batch``
+    at a time, without gradients, on the CPU."""
+    with torch.no_grad():
+        return torch.cat([predict(x).argmax(1).cpu() for x in inputs.split(batch)])
+
+
+def class_accuracies(predicted: torch.Tensor, labels: torch.Tensor) -> dict[int, float]:
+    """Each class present in ``labels``: the fraction of its inputs predicted as it."""
+    labels = labels.cpu()
+    return {int(c): float((predicted[labels == c] == c).double().mean()) for c in labels.unique()}
+
+
 def top1(predict: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor,
          batch: int, metric: Metric = "accuracy") -> float:
-    """Top-1 accuracy of ``predict`` (inputs (b, ...) -> logits (b, classes)) on a stack of
-    inputs, ``batch`` at a time, without gradients; with ``metric="balanced"`` the mean over the
-    classes present in ``labels`` of each class's top-1 accuracy."""
-    hits = []
-    with torch.no_grad():
-        for x, y in zip(inputs.split(batch), labels.split(batch)):
-            hits.append(predict(x).argmax(1) == y)
-    if not hits:
+    """Top-1 accuracy of ``predict`` on a stack of inputs (``predictions``); with
+    ``metric="balanced"`` the mean of ``class_accuracies``."""
+    if not len(labels):
         return 0.0
-    hit = torch.cat(hits).cpu()
+    predicted = predictions(predict, inputs, batch)
     if metric == "balanced":
-        classes = labels.cpu()
-        per_class = [hit[classes == c].double().mean() for c in classes.unique()]
-        return float(torch.stack(per_class).mean())
-    return int(hit.sum()) / len(labels)
+        per_class = class_accuracies(predicted, labels)
+        return sum(per_class.values()) / len(per_class)
+    return int((predicted == labels.cpu()).sum()) / len(labels)
 
 
 def accuracy(net: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int,
