@@ -254,15 +254,6 @@ def _environment(name: str, value: str) -> Iterator[None]:
             os.environ[name] = old
 
 
-def _tune_console_output_off() -> contextlib.AbstractContextManager[None]:
-    """Ray's console reporter off during ``fit()`` (our ``Progress`` callback replaces it).
-
-    With verbose=0 Tune's default reporter still prints a configuration box and every trial's
-    error with a path inside Ray's temp folder; ``RAY_AIR_NEW_OUTPUT=0`` selects its legacy
-    reporter, which verbose=0 silences.
-    """
-    return _environment("RAY_AIR_NEW_OUTPUT", "0")
-
 
 def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
     for key in sorted(set(a) | set(b)):
@@ -374,7 +365,11 @@ def search(space: SearchSpace, *, name: str, storage: str | Path | None = None, 
         if progress:
             _announce(space, name, exp_dir, restoring, gpus)
         started = time.perf_counter()
-        with quiet_loggers(NOISY_LOGGERS), _tune_console_output_off():
+        # Ray's console reporter off during fit() (our Progress callback replaces it): with
+        # verbose=0 Tune's default reporter still prints a configuration box and every trial's
+        # error with a path inside Ray's temp folder; RAY_AIR_NEW_OUTPUT=0 selects its legacy
+        # reporter, which verbose=0 silences.
+        with quiet_loggers(NOISY_LOGGERS), _environment("RAY_AIR_NEW_OUTPUT", "0"):
             if restoring:
                 tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True)
             else:
