@@ -6,7 +6,7 @@ evaluator (its ``config.yaml``: protocol, evaluator seed), and prints, per split
 the balanced accuracy (mean over classes) and every class's accuracy. About a minute per IPC 1
 cell on one CPU thread:
 
-    python benchmarks/per_class.py distilled/modelnet10/ours-herding-16-clouds-of-64-farthest-points/ipc1/seed0 \\
+    python benchmarks/per_class.py distilled/modelnet10/herding-fps-16x64/ipc1/seed0 \\
         --data-dir ../shared/data/modelnet10_pcd1024
 """
 
@@ -17,19 +17,19 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from tune_distill.data import load_dataset
 from tune_distill.evaluate.point import EVAL_BATCH, train_one
 from tune_distill.evaluate.settings import class_accuracies, predictions
+from tune_distill.recipe.artifacts import load_synthetic
 from tune_distill.recipe.config import load_config_file, make_config
 from tune_distill.recipe.run import eval_seed, eval_settings, split_train
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cells", nargs="+", help="cell folders holding config.yaml and synthetic.npz")
+    parser.add_argument("cells", nargs="+", help="cell folders holding config.yaml and synthetic.npz or selection.json")
     parser.add_argument("--data-dir")
     args = parser.parse_args()
     loaded = {}
@@ -39,9 +39,9 @@ def main() -> None:
             loaded[cfg.dataset] = load_dataset(cfg.dataset, args.data_dir)
         data = loaded[cfg.dataset]
         _, val = split_train(data, cfg.val_size)
-        saved = np.load(cell / "synthetic.npz")
+        points, labels = load_synthetic(cell, data=data)  # a selection is rebuilt from the data
         seed = eval_seed(cfg)
-        net = train_one(torch.from_numpy(saved["points"]), torch.from_numpy(saved["labels"]), data.num_classes,
+        net = train_one(torch.from_numpy(points), torch.from_numpy(labels), data.num_classes,
                         replace(eval_settings(cfg), models=1), seed, data.domain.up).eval()
         out: dict = {"cell": str(cell), "evaluator_seed": seed}
         for name, clouds in (("val", val), ("test", data.test)):

@@ -269,10 +269,10 @@ def test_search_results_export_report_and_table_on_3d_shapes(ray_cluster, tmp_pa
     # A results table on the same data: cells under <storage>/<name>/, printed from them.
     spec = tmp_path / "t.yaml"
     spec.write_text(json.dumps({"name": "t3d", "ipc": [1], "seeds": [0], "protocol": {"eval_split": "test"},
-                                "rows": [{"label": "herding", "preset": "modelnet10-quick",
+                                "rows": [{"id": "herding", "label": "herding", "preset": "modelnet10-quick",
                                           "set": dict(small, init="herding", iterations=0)}]}))
     capsys.readouterr()
     assert main(["table", str(spec), "--storage", str(tmp_path), "--data-dir", str(DATA)]) == 0
     out = capsys.readouterr().out
-    assert (tmp_path / "t3d" / "herding" / "ipc1" / "seed0" / "synthetic.npz").exists()
+    assert (tmp_path / "t3d" / "herding" / "ipc1" / "seed0" / "selection.json").exists()  # a selection: its picks
     assert "| herding | 1 × 128 |" in out and "(1 seed)" in out

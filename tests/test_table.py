@@ -19,9 +19,9 @@ SPEC = {
     "protocol": {"val_size": 5000, "eval_split": "test", "eval_test_size": 200, "eval_models": 1,
                  "eval_epochs": 3, "eval_width": 16},
     "rows": [
-        {"label": "baseline: random real", "preset": "quick", "set": {"init": "real", "iterations": 0},
+        {"id": "baseline-random-real", "label": "baseline: random real", "preset": "quick", "set": {"init": "real", "iterations": 0},
          "paper": {1: 61.0}},
-        {"label": "tiny distill", "preset": "quick", "set": {"iterations": 2, "batch_real": 8, "width": 8}},
+        {"id": "tiny-distill", "label": "tiny distill", "preset": "quick", "set": {"iterations": 2, "batch_real": 8, "width": 8}},
     ],
 }
 
@@ -59,22 +59,23 @@ def test_table_runs_cells_once_and_renders_from_disk(tmp_path, mnist_dir, capsys
 @pytest.mark.parametrize("change,message", [
     ({"rows": []}, "no rows"),
     ({"colour": 1}, "unknown key 'colour'"),
-    ({"rows": [{"label": "x", "set": {"dept": 2}}]}, "table row 'x' (ipc 1): unknown config key 'dept'"),
-    ({"rows": [{"label": "x", "preset": "quick", "ipc": [10]}]}, "row 'x' has ipc [10], not all in the table's ipc [1]"),
-    ({"rows": [{"label": "x", "preset": "quick", "ipc": ["ten"]}]}, "row 'x': ipc must be whole numbers, e.g. [1, 10]; got ['ten']"),
+    ({"rows": [{"id": "x", "label": "x", "set": {"dept": 2}}]}, "table row 'x' (ipc 1): unknown config key 'dept'"),
+    ({"rows": [{"id": "x", "label": "x", "preset": "quick", "ipc": [10]}]}, "row 'x' has ipc [10], not all in the table's ipc [1]"),
+    ({"rows": [{"id": "x", "label": "x", "preset": "quick", "ipc": ["ten"]}]}, "row 'x': ipc must be whole numbers, e.g. [1, 10]; got ['ten']"),
     ({"seeds": [0, -1]}, "seeds must be whole numbers"),
     ({"rows": 5}, "rows must be a list of rows, each with a label"),
     ({"seeds": []}, "ipc and seeds need at least one value each"),
     ({"ipc": []}, "ipc and seeds need at least one value each"),
-    ({"rows": [{"label": "x", "preset": "quick", "ipc": []}]}, "row 'x' has ipc [], not all in the table's ipc [1]"),
-    ({"rows": [{"label": "Ours", "preset": "quick"}, {"label": "ours", "preset": "quick"}]},
-     "two rows have labels that make the same folder name 'ours'"),
-    ({"rows": [{"label": "a", "preset": "quick"}, {"label": "b", "preset": "quick", "set": {"threshold": 100}}]},
+    ({"rows": [{"id": "x", "label": "x", "preset": "quick", "ipc": []}]}, "row 'x' has ipc [], not all in the table's ipc [1]"),
+    ({"rows": [{"id": "ours", "label": "Ours", "preset": "quick"}, {"id": "ours", "label": "ours", "preset": "quick"}]},
+     "two rows have the id 'ours'"),
+    ({"rows": [{"id": "Ours 1", "label": "x", "preset": "quick"}]}, "row 'x' needs an id"),
+    ({"rows": [{"id": "a", "label": "a", "preset": "quick"}, {"id": "b", "label": "b", "preset": "quick", "set": {"threshold": 100}}]},
      "rows use different data (mnist threshold=100, mnist threshold=75)"),
     ({"rows": [3]}, "row 1 needs a label"),
     ({"protocol": 3}, "protocol must be a mapping, e.g. {lr: 0.1}; got 3"),
-    ({"rows": [{"label": "x", "preset": "quick", "ipc_set": {1: 0.1}}]}, "row 'x': ipc_set for ipc 1 must be a mapping"),
-    ({"rows": [{"label": "x", "preset": "quick", "paper": {"IPC 1": 33.9}}]}, "row 'x': the keys of paper must be whole numbers"),
+    ({"rows": [{"id": "x", "label": "x", "preset": "quick", "ipc_set": {1: 0.1}}]}, "row 'x': ipc_set for ipc 1 must be a mapping"),
+    ({"rows": [{"id": "x", "label": "x", "preset": "quick", "paper": {"IPC 1": 33.9}}]}, "row 'x': the keys of paper must be whole numbers"),
 ])
 def test_bad_specs_are_one_line_errors(tmp_path, change, message):
     with pytest.raises(UserError, match=re.escape(message)):
@@ -88,7 +89,7 @@ def test_a_missing_spec_names_the_shipped_ones(monkeypatch):
 
 
 def test_a_row_tuned_for_one_ipc_runs_at_that_ipc_only(tmp_path, mnist_dir, capsys):
-    rows = [SPEC["rows"][0], {"label": "at two", "preset": "quick", "set": {"init": "herding", "iterations": 0},
+    rows = [SPEC["rows"][0], {"id": "at-two", "label": "at two", "preset": "quick", "set": {"init": "herding", "iterations": 0},
                               "ipc": [2]}]
     spec = _write(tmp_path, {**SPEC, "ipc": [1, 2], "seeds": [0], "rows": rows})
     data = ["--data-dir", str(mnist_dir)] if mnist_dir else []

@@ -6,7 +6,7 @@ from .core.errors import UserError
 from .recipe.config import PRESETS, Config, make_config
 from .recipe.run import RunResult, run
 
-__all__ = ["Config", "PRESETS", "RunResult", "UserError", "load_results", "make_config", "run"]
+__all__ = ["Config", "PRESETS", "RunResult", "UserError", "load_distilled", "load_results", "make_config", "run"]
 __version__ = "0.1.0"
 
 
@@ -17,4 +17,8 @@ def __getattr__(name: str) -> Any:
         from .tune.results import load_results
 
         return load_results
+    if name == "load_distilled":  # the shipped sets (distilled/), as a dataset hub's loader
+        from .recipe.shipped import load_distilled
+
+        return load_distilled
     raise AttributeError(f"module 'tune_distill' has no attribute {name!r}")

@@ -145,9 +145,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .recipe.artifacts import load_synthetic
     from .recipe.run import evaluate_set, load_data
 
+    from .recipe.shipped import find_entry
+
     path = Path(args.path)
     folder = path if path.is_dir() else path.parent
-    points, labels = load_synthetic(path)
     values: dict[str, Any] = {}
     preset = None
     if args.config or (folder / "config.yaml").exists():
@@ -166,6 +167,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         values["seed"] = args.seed
     cfg = make_config(values, preset=preset)
     data = load_data(cfg, args.data_dir)
+    points, labels = load_synthetic(path, data=data)  # a selection is rebuilt from the data
     report, close = _progress(0, cfg.eval_models)
     try:
         scores = evaluate_set(cfg, points, labels, data, report)
@@ -178,6 +180,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = {"split": cfg.eval_split, "acc_mean": mean, "acc_std": std, "accuracies": accs}
     out.update({f"{name}_accuracies": a for name, a in scores.items()})
     print(json.dumps(out))
+    entry = find_entry(folder)
+    if entry and not (args.config or args.set or args.seed is not None):  # scored as it was when shipped
+        recorded = entry["scores"][entry["protocol"]][cfg.eval_split]
+        print(f"shipped {entry['kind']} {entry['path']}: recorded {recorded:.4f} %, " +
+              ("reproduced" if round(100 * mean, 4) == recorded else
+               "NOT reproduced (another CPU type or torch thread count rounds differently)"))
     return 0
 
 
@@ -320,7 +328,56 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_set(path: Path, data_dir: str | None, dataset: str | None = None) -> tuple[np.ndarray, np.ndarray, Any]:
+    """A set (run folder, shipped cell, synthetic.npz or selection.json) with the dataset it is of:
+    its config.yaml's (or selection's) dataset, else ``dataset``."""
+    from .recipe.artifacts import load_synthetic
+    from .recipe.run import load_data
+
+    folder = path if path.is_dir() else path.parent
+    if not path.exists():
+        raise UserError(f"{path} not found; give a run folder, a cell under distilled/ or a synthetic.npz")
+    if (folder / "config.yaml").exists():
+        cfg = make_config(load_config_file(folder / "config.yaml"))
+    elif dataset:
+        cfg = make_config({"dataset": dataset}, preset=FULL_PROTOCOL[dataset])
+    else:
+        raise UserError(f"{path} has no config.yaml beside it; say which data it is for with --dataset "
+                        f"({', '.join(FULL_PROTOCOL)})")
+    data = load_data(cfg, data_dir)
+    points, labels = load_synthetic(path, data=data)
+    return points, labels, data
+
+
+def cmd_draw(args: argparse.Namespace) -> int:
+    from .recipe.artifacts import save_picture
+
+    path = Path(args.path)
+    points, labels, data = _load_set(path, args.data_dir, args.dataset)
+    out = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "synthetic.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_picture(out, points, labels, data.domain, data.class_names)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    path = Path(args.name)
+    if path.is_dir() and (path / "config.yaml").exists():  # one set: a run folder or a shipped cell
+        import shutil
+
+        from .recipe.artifacts import save_plys, save_synthetic
+
+        points, labels, data = _load_set(path, args.data_dir)
+        out = Path(args.out or Path("exports") / "-".join(path.resolve().parts[-4:]))
+        out.mkdir(parents=True, exist_ok=True)
+        save_synthetic(out / "synthetic.npz", points, labels)
+        save_plys(out / "ply", points, labels, data.name)
+        for name in ("config.yaml", "metrics.json", "selection.json"):
+            if (path / name).exists():
+                shutil.copy(path / name, out / name)
+        print(f"wrote {out}/: synthetic.npz, ply/ ({len(points)} clouds), and the cell's config and metrics")
+        return 0
     from .tune.export import export
 
     out = export(args.name, top=args.top, out=args.out, storage=args.storage)
@@ -340,8 +397,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_table(args: argparse.Namespace) -> int:
     from .recipe.table import check_selection, load_table, render_markdown, run_table
 
+    from .recipe.shipped import update_manifest
+
     spec = load_table(args.spec)  # every cell's config validated before anything runs
-    root = Path(args.storage or "distilled") / spec.name
+    storage = Path(args.storage or "distilled")
+    root = storage / spec.name
     rows = args.rows.split(",") if args.rows else None
     check_selection(spec, rows, args.ipc, args.seed)  # a typo fails with --no-run too
     runnable = next(((r, i) for r in spec.rows for i in spec.ipcs if r.runs_at(i)), None)
@@ -355,8 +415,9 @@ def cmd_table(args: argparse.Namespace) -> int:
     markdown = render_markdown(spec, root)
     root.mkdir(parents=True, exist_ok=True)
     (root / "table.md").write_text(markdown)
+    manifest = update_manifest(spec, storage)
     print(markdown, end="")
-    print(f"(from the distilled sets under {root}/; written to {root / 'table.md'})")
+    print(f"(from the distilled sets under {root}/; written to {root / 'table.md'}; their entries in {manifest})")
     return 0
 
 
@@ -398,8 +459,11 @@ def _add_search_commands(sub: Any) -> None:
     p.add_argument("--storage", metavar="DIR", help=storage_help)
     p.set_defaults(func=cmd_results)
 
-    p = sub.add_parser("export", help="the best trials' synthetic sets (npz, png, ply) and a leaderboard.csv")
-    p.add_argument("name", help="experiment name (or folder)")
+    p = sub.add_parser("export", help="the best trials' synthetic sets (npz, png, ply) and a leaderboard.csv; "
+                                      "or one set (a run folder, a cell under distilled/) as npz and ply")
+    p.add_argument("name", help="experiment name (or folder), or a run / cell folder")
+    p.add_argument("--data-dir", metavar="DIR", help="a set's dataset files, to rebuild a selection "
+                                                     "(else $TUNE_DISTILL_DATA, else a cache)")
     p.add_argument("--top", type=int, default=5, help="how many trials (default 5)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: exports/<name>)")
     p.add_argument("--storage", metavar="DIR", help=storage_help)
@@ -456,13 +520,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR", help="folder with the dataset's files (else $TUNE_DISTILL_DATA, else a cache)")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("draw", help="a picture of a set (a run folder, a cell under distilled/, a synthetic.npz)")
+    p.add_argument("path", help="the set: a folder with config.yaml and synthetic.npz or selection.json, or an npz")
+    p.add_argument("--out", metavar="FILE", help="the PNG to write (default: synthetic.png beside the set)")
+    p.add_argument("--dataset", choices=sorted(FULL_PROTOCOL), help="the data the set is for, without a config.yaml")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with the dataset's files (else $TUNE_DISTILL_DATA, else a cache)")
+    p.set_defaults(func=cmd_draw)
+
     _add_search_commands(sub)
 
     p = sub.add_parser("table", help="run a results table's missing cells (a spec in tables/) and print it as markdown")
     p.add_argument("spec", help="table spec, e.g. tables/mnist.yaml")
     p.add_argument("--no-run", action="store_true", help="only render what is on disk")
     p.add_argument("--rows", metavar="ROW[,ROW]",
-                   help="only these rows, comma-separated: slugs (their folders under distilled/NAME/) "
+                   help="only these rows, comma-separated: ids (their folders under distilled/NAME/) "
                         "or labels without commas")
     p.add_argument("--ipc", type=int, action="append", help="only this IPC (repeatable)")
     p.add_argument("--seed", type=int, action="append", help="only this seed (repeatable)")

@@ -35,6 +35,16 @@ def hold_out(clouds: Clouds, size: int, num_classes: int, seed: int, stratified:
     """
     if size == 0:
         return clouds, None
+    kept = kept_indices(clouds, size, num_classes, seed, stratified)
+    held = torch.ones(len(clouds), dtype=torch.bool)
+    held[kept] = False
+    return clouds.subset(kept), clouds.subset(torch.nonzero(held).flatten())
+
+
+def kept_indices(clouds: Clouds, size: int, num_classes: int, seed: int, stratified: bool) -> torch.Tensor:
+    """The indices, in order, of the clouds ``hold_out`` keeps: where a kept cloud came from."""
+    if size == 0:
+        return torch.arange(len(clouds))
     if size >= len(clouds):
         raise UserError(f"val_size={size} holds out every one of the {len(clouds)} training clouds; choose fewer")
     generator = torch.Generator().manual_seed(seed)
@@ -56,11 +66,10 @@ def hold_out(clouds: Clouds, size: int, num_classes: int, seed: int, stratified:
                             f"choose a smaller val_size")
         held = torch.cat([clouds.members(c)[torch.randperm(int(counts[c]), generator=generator)[: take[c]]]
                           for c in range(num_classes)])
-    held = held.sort().values
     keep = torch.ones(len(clouds), dtype=torch.bool)
     keep[held] = False
-    return clouds.subset(torch.nonzero(keep).flatten()), clouds.subset(held)
+    return torch.nonzero(keep).flatten()
 
 
 __all__ = ["Clouds", "Dataset", "Domain", "IMAGE_DATASETS", "LOADERS", "PointBatch", "load_dataset",
-           "hold_out", "voxelize"]
+           "hold_out", "kept_indices", "voxelize"]

@@ -158,6 +158,38 @@ def init_synthetic(
     real shape is thinned to ``points``; ``features`` (len(clouds), F), if given, the space
     herding and k-center choose in.
     """
+    points_out, labels, _ = init_selection(kind, clouds, num_classes, domain, ipc, points, generator, noise, cap,
+                                           feature_res, sampling, features)
+    return points_out, labels
+
+
+# The inits whose clouds are real shapes, picked and thinned: a set of theirs is stored as the
+# picks (``init_selection``) and rebuilt from them.
+SELECTIONS = ("real", "herding", "kcenter")
+
+
+def init_selection(
+    kind: str,
+    clouds: Clouds,
+    num_classes: int,
+    domain: Domain,
+    ipc: int,
+    points: int,
+    generator: torch.Generator,
+    noise: float = 1.0,
+    cap: int | None = None,
+    feature_res: int = 16,
+    sampling: str = "random",
+    features: torch.Tensor | None = None,
+    picks: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``init_synthetic``'s points and labels, and for a selection (``SELECTIONS``) the index in
+    ``clouds`` of the shape each synthetic cloud was thinned from (None for other inits).
+
+    Given ``picks`` (a stored selection), herding and k-center take them instead of choosing
+    again, and ``real`` draws its picks as always and checks them: the thinning draws the same
+    numbers from ``generator`` either way, so the set is rebuilt bit for bit.
+    """
     if kind not in INITS:
         raise ValueError(f"unknown init {kind!r}; choose one of {INITS}")
     if sampling not in SAMPLINGS:
@@ -170,36 +202,42 @@ def init_synthetic(
     if kind == "full":
         out = _thinned_all(clouds, points, generator, sampling)
         domain.project(out)
-        return out, clouds.labels.clone()
+        return out, clouds.labels.clone(), None
     if kind == "uniform":
         out = low + torch.rand(n, points, d, generator=generator) * (high - low)
     elif kind == "gaussian":
         out = domain.centre + torch.randn(n, points, d, generator=generator) * (high - low) / 6
     else:
-        per_class = []
+        per_class, chosen = [], []
         for c in range(num_classes):
             members = clouds.members(c)
             # A class with fewer clouds than ipc repeats its picks in order; each copy is its own
             # random subset of the shape's points (many small clouds per class can outnumber shapes).
             cycle = torch.arange(ipc) % len(members)
-            if kind in ("real", "real_noise"):
-                pick = members[torch.randperm(len(members), generator=generator)[:ipc][cycle]]
-                per_class.append(_thinned(clouds, pick, points, generator, sampling))
-            elif kind in ("herding", "kcenter"):
-                feats = _occupancy(clouds, members, grid, cap) if features is None else features[members]
-                choose = herding if kind == "herding" else kcenter
-                pick = members[choose(feats, min(ipc, len(members)))[cycle]]
-                per_class.append(_thinned(clouds, pick, points, generator, sampling))
-            else:  # class_mean_topk
+            if kind == "class_mean_topk":
                 feats = _occupancy(clouds, members, grid, cap)
                 means = feats.mean(0, keepdim=True) if ipc == 1 else _kmeans_means(feats, ipc)
                 cells = torch.stack([_top_cells(m, grid[0], points, generator) for m in means])
                 per_class.append((cells - grid[2]) / grid[1])
+                continue
+            given = None if picks is None else picks[c * ipc : (c + 1) * ipc]
+            if kind in ("real", "real_noise"):
+                pick = members[torch.randperm(len(members), generator=generator)[:ipc][cycle]]
+                if given is not None and not torch.equal(pick, given):
+                    raise ValueError(f"class {c}: the stored picks are not the shapes this seed draws")
+            elif given is not None:  # herding, kcenter
+                pick = given
+            else:
+                feats = _occupancy(clouds, members, grid, cap) if features is None else features[members]
+                choose = herding if kind == "herding" else kcenter
+                pick = members[choose(feats, min(ipc, len(members)))[cycle]]
+            chosen.append(pick)
+            per_class.append(_thinned(clouds, pick, points, generator, sampling))
         out = torch.cat(per_class)
         if kind == "real_noise":
             out = out + noise * torch.randn(out.shape, generator=generator)
     domain.project(out)
-    return out.contiguous(), labels
+    return out.contiguous(), labels, torch.cat(chosen) if kind in SELECTIONS else None
 
 
 def snap(points: torch.Tensor, occupancy: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,10 @@ A run folder holds ``synthetic.npz`` (``points`` float32 (N, P, D): grid coordin
 MNIST, the unit ball's xyz for 3D shapes; ``labels`` int64 (N,)), ``synthetic.png`` (the set as
 its evaluator sees it, one row per class),
 ``metrics.json``, ``history.csv`` and ``config.yaml`` (the full resolved config, readable by
-``tune-distill run --config``).
+``tune-distill run --config``); a selection of real shapes also ``selection.json`` (which shapes,
+thinned how: ``selection.py``). A shipped cell (``distilled/``) keeps only what a command cannot
+rebuild: a selection as its ``selection.json`` instead of the points, and no picture
+(``tune-distill draw`` makes one).
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ import yaml
 
 from ..core.errors import UserError
 from ..core.types import Domain
-from ..data import IMAGE_DATASETS
+from ..data import IMAGE_DATASETS, Dataset, load_dataset
 from ..evaluate import draw_set
+from .selection import SELECTION_FILE, read_selection, rebuild, selection_of, write_selection
 
 if TYPE_CHECKING:
     from .run import RunResult
@@ -31,11 +35,19 @@ def save_synthetic(path: Path, points: np.ndarray, labels: np.ndarray) -> None:
     np.savez_compressed(path, points=points.astype(np.float32), labels=labels.astype(np.int64))
 
 
-def load_synthetic(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """``(points, labels)`` from a ``synthetic.npz`` (or the folder holding one)."""
+def load_synthetic(path: str | os.PathLike, data: Dataset | None = None,
+                   data_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(points, labels)`` from a ``synthetic.npz`` or a ``selection.json`` (or the folder holding
+    one). A selection is rebuilt from its dataset: ``data`` if given, else loaded from ``data_dir``
+    (else ``$TUNE_DISTILL_DATA``, else the cache)."""
     p = Path(path)
     if p.is_dir():
-        p = p / "synthetic.npz"
+        p = p / "synthetic.npz" if (p / "synthetic.npz").exists() or not (p / SELECTION_FILE).exists() else p / SELECTION_FILE
+    if p.name == SELECTION_FILE:
+        selection = read_selection(p)
+        if data is None:
+            data = load_dataset(selection.dataset, data_dir, **selection.options)
+        return rebuild(selection, data)
     try:
         with np.load(p) as f:
             return f["points"], f["labels"]
@@ -49,19 +61,25 @@ def save_picture(path: Path, points: np.ndarray, labels: np.ndarray, domain: Dom
     draw_set(domain, torch.from_numpy(points), torch.from_numpy(labels), path, class_names)
 
 
-def save_run(result: "RunResult", out: str | os.PathLike) -> Path:
+def save_run(result: "RunResult", out: str | os.PathLike, shipped: bool = False) -> Path:
     """Write a ``RunResult``'s artifacts into ``out`` (created if needed).
 
     The full-data ceiling (``init=full``) writes no synthetic set: it is the training split
-    itself, tens of MB that the dataset already holds.
+    itself, tens of MB that the dataset already holds. ``shipped`` writes a cell of
+    ``distilled/``: a selection as its picks only, no picture, no empty history.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if result.config.init != "full":
+    selection = selection_of(result)
+    if selection is not None:
+        write_selection(selection, out)
+    if result.config.init != "full" and not (shipped and selection is not None):
         save_synthetic(out / "synthetic.npz", result.points, result.labels)
+    if result.config.init != "full" and not shipped:
         save_picture(out / "synthetic.png", result.points, result.labels, result.domain, result.class_names)
     (out / "metrics.json").write_text(json.dumps(result.metrics(), indent=2))
-    pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
+    if result.history or not shipped:
+        pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
     (out / "config.yaml").write_text(yaml.safe_dump(result.config.model_dump(), sort_keys=False))
     return out
 

@@ -24,12 +24,12 @@ from ..core.cache import cache_path, cached
 from ..core.errors import UserError
 from ..core.seeding import stream
 from ..core.types import Clouds, Domain
-from ..data import Dataset, hold_out, load_dataset
+from ..data import Dataset, hold_out, kept_indices, load_dataset
 from ..evaluate import EvalSettings, Evaluator, build_evaluator
 from ..evaluate.point import EVAL_BATCH, train_one
 from ..methods.encoding import Encoding
 from ..methods.loop import DistillSettings, Report, distill
-from ..methods.synthetic import init_synthetic, thinned_clouds
+from ..methods.synthetic import init_selection, thinned_clouds
 from ..methods.trajectory import TrajectorySettings, match_trajectories
 from ..nets import NetSettings
 from .config import Config
@@ -57,6 +57,9 @@ class RunResult:
     # val_size > 0 (the test set is never scored when selecting on val).
     other_accuracies: dict[str, list[float]] = field(default_factory=dict)
     evaluations: list[dict] = field(default_factory=list)  # intermediate (eval_at) evaluations
+    # A selection (real shapes picked and thinned, never moved): the index in the dataset's training
+    # split of the shape behind each cloud; None when the points were learned or not real shapes.
+    picks: np.ndarray | None = None
     seconds: float = 0.0
     distill_seconds: float = 0.0
     eval_seconds: float = 0.0
@@ -127,6 +130,16 @@ def load_data(cfg: Config, data_dir: str | None = None) -> Dataset:
 def split_train(data: Dataset, val_size: int) -> tuple[Clouds, Clouds | None]:
     """(clouds the distillation may use, validation clouds): a fixed hold-out of the training set."""
     return hold_out(data.train, val_size, data.num_classes, VAL_SPLIT_SEED, data.stratified_val)
+
+
+def train_indices(data: Dataset, val_size: int) -> torch.Tensor:
+    """Where each cloud ``split_train`` keeps sits in the dataset's training split."""
+    return kept_indices(data.train, val_size, data.num_classes, VAL_SPLIT_SEED, data.stratified_val)
+
+
+def init_generator(seed: int) -> torch.Generator:
+    """The random stream an initial set draws from (a stored selection is rebuilt from it too)."""
+    return torch.Generator().manual_seed(stream(seed, "init"))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -227,10 +240,9 @@ def run(config: Config, report: Report | None = None, data: Dataset | None = Non
     device = resolve_device(cfg.device)
     train, val = split_train(data, cfg.val_size)
     evaluator = make_evaluator(cfg, data, val, device)
-    init_gen = torch.Generator().manual_seed(stream(cfg.seed, "init"))
-    syn, labels = init_synthetic(cfg.init, train, data.num_classes, data.domain, cfg.clouds_per_class,
-                                 cfg.cloud_points, init_gen, cfg.init_noise, cfg.real_cap, sampling=cfg.init_sampling,
-                                 features=init_features(cfg, train, data, device))
+    syn, labels, picks = init_selection(cfg.init, train, data.num_classes, data.domain, cfg.clouds_per_class,
+                                        cfg.cloud_points, init_generator(cfg.seed), cfg.init_noise, cfg.real_cap,
+                                        sampling=cfg.init_sampling, features=init_features(cfg, train, data, device))
     syn = syn.to(device)
     # real_match compares synthetic clouds with real ones of their size, thinned the same way.
     matched = train
@@ -291,6 +303,7 @@ def run(config: Config, report: Report | None = None, data: Dataset | None = Non
         class_names=data.class_names,
         other_accuracies=scores,
         evaluations=evaluations,
+        picks=train_indices(data, cfg.val_size)[picks].numpy() if picks is not None and not cfg.total_iterations else None,
         seconds=time.perf_counter() - started,
         distill_seconds=distill_seconds,
         eval_seconds=eval_time,

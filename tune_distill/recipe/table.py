@@ -1,15 +1,16 @@
 """Results tables: named rows of configs, each run over several seeds under one protocol.
 
 A table spec (YAML, see ``tables/mnist.yaml``) lists rows, the IPC values, the seeds and the
-evaluation protocol shared by every cell. A row is a ``label`` and a ``preset`` and/or a
-``config`` file, with ``set`` overrides, ``ipc_set`` overrides per IPC, the ``paper``'s numbers
-per IPC (applied last, even over the protocol), and ``ipc``: the IPCs it runs at, for a config tuned for those only (default: all); a
-row with no preset, config or settings only shows published numbers. Running a table runs each
-missing (row, ipc, seed) cell and stores it as an ordinary run folder under
-``distilled/<name>/<row>/ipc<N>/seed<S>/`` (the synthetic set, its metrics and config: small,
-and committed, so anyone can check a number with ``tune-distill evaluate``); rendering reads
-those folders back, so the markdown is always regenerated from the shipped sets, and an
-interrupted table resumes.
+evaluation protocol shared by every cell. A row is an ``id`` (stable: its cells' folder name), a
+``label`` (free text) and a ``preset`` and/or a ``config`` file, with ``set`` overrides,
+``ipc_set`` overrides per IPC (applied last, even over the protocol), the ``paper``'s numbers per
+IPC, and ``ipc``: the IPCs it runs at, for a config tuned for those only (default: all); a row
+with no preset, config or settings only shows published numbers (and needs no id). Running a
+table runs each missing (row, ipc, seed) cell and stores it as a shipped run folder under
+``distilled/<name>/<id>/ipc<N>/seed<S>/`` (a learned set's points or a selection's picks, its
+metrics and config: small, and committed, so anyone can check a number with ``tune-distill
+evaluate``); rendering reads those folders back, so the markdown is always regenerated from the
+shipped sets, and an interrupted table resumes.
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ from .config import Config, file_preset, load_config_file, make_config
 from .run import dataset_options
 from ..core.errors import UserError
 
+ROW_ID = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+
 
 @dataclass(frozen=True)
 class Row:
     """One line of the table: how to build its config at a given IPC."""
 
     label: str
+    id: str | None = None  # the folder of its cells; free text in the label never moves them
     preset: str | None = None
     config: str | None = None
     overrides: dict = field(default_factory=dict)
@@ -48,9 +52,6 @@ class Row:
         """A row with nothing to run (no preset, config or settings): published numbers only."""
         return self.preset is None and self.config is None and not self.overrides and not self.per_ipc
 
-    @property
-    def slug(self) -> str:
-        return re.sub(r"[^a-z0-9]+", "-", self.label.lower()).strip("-")
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,8 @@ def load_table(path: str | Path) -> TableSpec:
         raise UserError(f"table {path}: rows must be a list of rows, each with a label")
     rows = []
     for i, r in enumerate(raw.get("rows") or []):
-        if not isinstance(r, dict) or "label" not in r or set(r) - {"label", "preset", "config", "set", "ipc_set", "paper", "ipc"}:
-            raise UserError(f"table {path}: row {i + 1} needs a label and only preset/config/set/ipc_set/paper/ipc")
+        if not isinstance(r, dict) or "label" not in r or set(r) - {"id", "label", "preset", "config", "set", "ipc_set", "paper", "ipc"}:
+            raise UserError(f"table {path}: row {i + 1} needs a label and only id/preset/config/set/ipc_set/paper/ipc")
         where = f"row {r['label']!r}"
         ipc_set, paper = (_mapping(r.get("ipc_set"), path, f"{where}: ipc_set", "{10: {lr: 1.0}}"),
                            _mapping(r.get("paper"), path, f"{where}: paper", "{1: 33.9}"))
@@ -123,15 +124,18 @@ def load_table(path: str | Path) -> TableSpec:
         _ints(paper, path, f"{where}: the keys of paper")
         for ipc, values in ipc_set.items():
             _mapping(values, path, f"{where}: ipc_set for ipc {ipc}")
-        rows.append(Row(r["label"], r.get("preset"), r.get("config"), _mapping(r.get("set"), path, f"{where}: set"),
-                        ipc_set, paper,
-                        tuple(_ints(r["ipc"], path, f"{where}: ipc")) if r.get("ipc") is not None else None))
+        row = Row(r["label"], r.get("id"), r.get("preset"), r.get("config"), _mapping(r.get("set"), path, f"{where}: set"),
+                  ipc_set, paper, tuple(_ints(r["ipc"], path, f"{where}: ipc")) if r.get("ipc") is not None else None)
+        if not row.published_only and not (isinstance(row.id, str) and ROW_ID.fullmatch(row.id)):
+            raise UserError(f"table {path}: {where} needs an id: its cells' folder name, lower-case letters, digits "
+                            f"and dashes (e.g. id: herding-fps-16x64); got {row.id!r}")
+        rows.append(row)
     if not rows:
         raise UserError(f"table {path}: no rows")
-    slugs = [row.slug for row in rows]
-    if len(set(slugs)) < len(slugs):  # they would share one folder per cell
-        twin = next(s for s in slugs if slugs.count(s) > 1)
-        raise UserError(f"table {path}: two rows have labels that make the same folder name {twin!r}; rename one")
+    ids = [row.id for row in rows if row.id]
+    if len(set(ids)) < len(ids):  # they would share one folder per cell
+        twin = next(i for i in ids if ids.count(i) > 1)
+        raise UserError(f"table {path}: two rows have the id {twin!r}; give each its own")
     spec = TableSpec(raw.get("name") or path.stem, rows, _ints(raw.get("ipc", [1]), path, "ipc"),
                      _ints(raw.get("seeds", [0, 1, 2, 3, 4]), path, "seeds"),
                      _mapping(raw.get("protocol"), path, "protocol"), path.parent,
@@ -154,16 +158,16 @@ def load_table(path: str | Path) -> TableSpec:
 
 
 def cell_dir(root: Path, row: Row, ipc: int, seed: int) -> Path:
-    return root / row.slug / f"ipc{ipc}" / f"seed{seed}"
+    return root / str(row.id) / f"ipc{ipc}" / f"seed{seed}"
 
 
 def check_selection(spec: TableSpec, rows: list[str] | None = None, ipcs: list[int] | None = None,
                     seeds: list[int] | None = None) -> None:
-    """Raise ``UserError`` for a row (label or slug), IPC or seed that the spec does not have."""
-    known = {r.slug for r in spec.rows} | {r.label for r in spec.rows}
+    """Raise ``UserError`` for a row (id or label), IPC or seed that the spec does not have."""
+    known = {r.id for r in spec.rows if r.id} | {r.label for r in spec.rows}
     for name in rows or []:
         if name not in known:
-            raise UserError(f"table {spec.name}: no row {name!r}; rows: {', '.join(r.slug for r in spec.rows)}")
+            raise UserError(f"table {spec.name}: no row {name!r}; rows: {', '.join(r.id for r in spec.rows if r.id)}")
     for what, asked, have in (("ipc", ipcs, spec.ipcs), ("seed", seeds, spec.seeds)):
         for value in asked or []:
             if value not in have:
@@ -176,7 +180,7 @@ def run_table(spec: TableSpec, root: Path, load_data: Callable[[], Any], rows: l
               progress: Callable[[int], tuple[Callable[[dict], None], Callable[[], None]]] | None = None) -> None:
     """Run every missing cell (skipping finished ones), saving each as a run folder.
 
-    ``rows`` (labels or slugs), ``ipcs`` and ``seeds`` restrict the run to part of the table; a
+    ``rows`` (ids or labels), ``ipcs`` and ``seeds`` restrict the run to part of the table; a
     name or number the spec does not have is a ``UserError``, not a silent no-op. ``load_data``
     is called once, at the first missing cell, so a finished table reads no dataset. ``device``
     (cpu, cuda, auto) replaces the cells' device; it is where a cell runs, not what it is, so it
@@ -193,7 +197,7 @@ def run_table(spec: TableSpec, root: Path, load_data: Callable[[], Any], rows: l
         device = resolve_device(device).type
     data = None
     for row in spec.rows:
-        if rows and row.slug not in rows and row.label not in rows:
+        if rows and row.id not in rows and row.label not in rows:
             continue
         for ipc in spec.ipcs:
             if (ipcs and ipc not in ipcs) or not row.runs_at(ipc):
@@ -212,7 +216,7 @@ def run_table(spec: TableSpec, root: Path, load_data: Callable[[], Any], rows: l
                     result = run(cfg.replace(device=device) if device else cfg, report=report, data=data)
                 finally:
                     close()
-                save_run(result, out)
+                save_run(result, out, shipped=True)
                 log(f"{row.label} | ipc {ipc} | seed {seed}: {100 * result.acc_mean:.2f} % "
                     f"({result.seconds:.0f} s on {result.config.device}) -> {out}")
 
