@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -54,6 +55,19 @@ def test_table_runs_cells_once_and_renders_from_disk(tmp_path, mnist_dir, capsys
     assert capsys.readouterr().out.splitlines()[:4] == [ln for ln in first.splitlines() if ln.startswith("|")][:4]
     table = (tmp_path / "tiny" / "table.md").read_text()
     assert table.count("\n") == 4 and "± " in table
+    # The manifest beside the tables lists every cell, with what it is and its score.
+    entries = json.loads((tmp_path / "index.json").read_text())
+    assert [(e["id"], e["kind"]) for e in entries] == [("baseline-random-real", "selection")] * 2 + \
+        [("tiny-distill", "distilled")] * 2
+    assert all(e["scores"]["paper/convnet"]["runs"] == 1 for e in entries)
+    accuracy = {(e["id"], e["seed"]): 100 * json.loads((tmp_path / e["path"] / "metrics.json").read_text())["acc_mean"]
+                for e in entries}
+    # With a reference row, each row's gain over it: the difference of their means over seeds.
+    spec = _write(tmp_path, {**SPEC, "reference": "baseline-random-real"})
+    assert main(["table", str(spec), "--storage", str(tmp_path), "--no-run"]) == 0
+    row = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| tiny distill |"))
+    gain = sum(accuracy["tiny-distill", s] - accuracy["baseline-random-real", s] for s in (0, 1)) / 2
+    assert row.split(" | ")[3] == f"{gain:+.2f}"
 
 
 @pytest.mark.parametrize("change,message", [
@@ -73,6 +87,7 @@ def test_table_runs_cells_once_and_renders_from_disk(tmp_path, mnist_dir, capsys
     ({"rows": [{"id": "a", "label": "a", "preset": "quick"}, {"id": "b", "label": "b", "preset": "quick", "set": {"threshold": 100}}]},
      "rows use different data (mnist threshold=100, mnist threshold=75)"),
     ({"rows": [3]}, "row 1 needs a label"),
+    ({"reference": "nope"}, "reference 'nope' is not the id of a row that runs"),
     ({"protocol": 3}, "protocol must be a mapping, e.g. {lr: 0.1}; got 3"),
     ({"rows": [{"id": "x", "label": "x", "preset": "quick", "ipc_set": {1: 0.1}}]}, "row 'x': ipc_set for ipc 1 must be a mapping"),
     ({"rows": [{"id": "x", "label": "x", "preset": "quick", "paper": {"IPC 1": 33.9}}]}, "row 'x': the keys of paper must be whole numbers"),

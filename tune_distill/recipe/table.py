@@ -5,7 +5,9 @@ evaluation protocol shared by every cell. A row is an ``id`` (stable: its cells'
 ``label`` (free text) and a ``preset`` and/or a ``config`` file, with ``set`` overrides,
 ``ipc_set`` overrides per IPC (applied last, even over the protocol), the ``paper``'s numbers per
 IPC, and ``ipc``: the IPCs it runs at, for a config tuned for those only (default: all); a row
-with no preset, config or settings only shows published numbers (and needs no id). Running a
+with no preset, config or settings only shows published numbers (and needs no id). The spec's
+``reference`` names the row (random real shapes) whose test mean every row is compared with at
+each IPC: a gain under one evaluator, as the fairness benchmarks of distillation ask. Running a
 table runs each missing (row, ipc, seed) cell and stores it as a shipped run folder under
 ``distilled/<name>/<id>/ipc<N>/seed<S>/`` (a learned set's points or a selection's picks, its
 metrics and config: small, and committed, so anyone can check a number with ``tune-distill
@@ -63,6 +65,9 @@ class TableSpec:
     protocol: dict
     base_dir: Path  # where config paths in the spec are resolved from
     protocol_ipc: dict = field(default_factory=dict)  # ipc -> protocol keys that differ at that IPC
+    # The row every other row is compared with at the same IPC, under the same evaluator (random
+    # real shapes of the same storage: what DD-Ranking and DC-Bench score a set's gain against).
+    reference: str | None = None
 
     def config(self, row: Row, ipc: int, seed: int) -> Config:
         values: dict[str, Any] = {}
@@ -107,10 +112,10 @@ def load_table(path: str | Path) -> TableSpec:
         hint = f"; shipped specs: {', '.join(shipped)}" if shipped else ""
         raise UserError(f"table spec {path} not found{hint}")
     raw = load_config_file(path)
-    unknown = set(raw) - {"name", "rows", "ipc", "seeds", "protocol", "protocol_ipc"}
+    unknown = set(raw) - {"name", "rows", "ipc", "seeds", "protocol", "protocol_ipc", "reference"}
     if unknown:
         raise UserError(f"table {path}: unknown key {sorted(unknown)[0]!r}; "
-                        "allowed: name, rows, ipc, seeds, protocol, protocol_ipc")
+                        "allowed: name, rows, ipc, seeds, protocol, protocol_ipc, reference")
     if not isinstance(raw.get("rows") or [], list):
         raise UserError(f"table {path}: rows must be a list of rows, each with a label")
     rows = []
@@ -139,8 +144,12 @@ def load_table(path: str | Path) -> TableSpec:
     spec = TableSpec(raw.get("name") or path.stem, rows, _ints(raw.get("ipc", [1]), path, "ipc"),
                      _ints(raw.get("seeds", [0, 1, 2, 3, 4]), path, "seeds"),
                      _mapping(raw.get("protocol"), path, "protocol"), path.parent,
-                     _mapping(raw.get("protocol_ipc"), path, "protocol_ipc", "{10: {eval_epochs: 60}}"))
+                     _mapping(raw.get("protocol_ipc"), path, "protocol_ipc", "{10: {eval_epochs: 60}}"),
+                     raw.get("reference"))
     _ints(spec.protocol_ipc, path, "the keys of protocol_ipc")
+    if spec.reference is not None and spec.reference not in {r.id for r in rows if not r.published_only}:
+        raise UserError(f"table {path}: reference {spec.reference!r} is not the id of a row that runs; "
+                        "name the random-real row, e.g. reference: random-real")
     if not spec.ipcs or not spec.seeds:
         raise UserError(f"table {path}: ipc and seeds need at least one value each, e.g. ipc: [1, 10]")
     data = set()
@@ -256,8 +265,10 @@ def render_markdown(spec: TableSpec, root: Path) -> str:
     records = collect(spec, root)
     lines = []
     ipcs = spec.ipcs
-    head = ["method", "per IPC: clouds × points"] + [f"IPC {i}: test %" for i in ipcs] + [f"IPC {i}: val %" for i in ipcs] + \
-        [f"paper, IPC {i}" for i in ipcs] + ["seeds"]
+    reference = next((r for r in spec.rows if spec.reference is not None and r.id == spec.reference), None)
+    gains = [f"IPC {i}: gain over {reference.id}" for i in ipcs] if reference else []
+    head = ["method", "per IPC: clouds × points"] + [f"IPC {i}: test %" for i in ipcs] + gains + \
+        [f"IPC {i}: val %" for i in ipcs] + [f"paper, IPC {i}" for i in ipcs] + ["seeds"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for row in spec.rows:
@@ -266,7 +277,12 @@ def render_markdown(spec: TableSpec, root: Path) -> str:
         # One IPC is one cloud of ``points`` points of storage, split into cloud_split clouds.
         shapes = sorted({(c.cloud_split, c.cloud_points) for c in (spec.config(row, i, spec.seeds[0]) for i in runs)})
         cells = [row.label, " / ".join(f"{n} × {p}" for n, p in shapes) or "—"]
-        cells += [_cell(mine[i]["test"], row.runs_at(i)) for i in ipcs] + [_cell(mine[i]["val"], row.runs_at(i)) for i in ipcs]
+        cells += [_cell(mine[i]["test"], row.runs_at(i)) for i in ipcs]
+        if reference is not None:
+            base = {r["ipc"]: r["test"] for r in records if r["row"] == reference.label}
+            cells += [f"{np.mean(mine[i]['test']) - np.mean(base[i]):+.2f}" if mine[i]["test"] and base[i] else "—"
+                      for i in ipcs]
+        cells += [_cell(mine[i]["val"], row.runs_at(i)) for i in ipcs]
         cells += [f"{mine[i]['paper']}" if mine[i]["paper"] is not None else "—" for i in ipcs]
         cells.append(" / ".join(str(mine[i]["seeds"]) if row.runs_at(i) else "—" for i in ipcs))
         lines.append("| " + " | ".join(cells) + " |")
