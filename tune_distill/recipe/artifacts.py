@@ -21,7 +21,7 @@ import yaml
 
 from ..core.errors import UserError
 from ..core.types import Domain
-from ..data import IMAGE_DATASETS
+from ..data import dataset_spec
 from ..evaluate import draw_set
 
 if TYPE_CHECKING:
@@ -98,4 +98,4 @@ def save_plys(folder: Path, points: np.ndarray, labels: np.ndarray, dataset: str
         k = counts.get(label, 0)
         counts[label] = k + 1
         write_ply(folder / f"class{label}_{k}.ply", cloud, comment=f"class {label}, cloud {k}",
-                  image=dataset in IMAGE_DATASETS)
+                  image=dataset_spec(dataset).kind == "image")

@@ -24,7 +24,7 @@ from ..core.cache import cache_path, cached
 from ..core.errors import UserError
 from ..core.seeding import stream
 from ..core.types import Clouds, Domain
-from ..data import Dataset, hold_out, load_dataset
+from ..data import Dataset, dataset_spec, hold_out, load_dataset
 from ..evaluate import EvalSettings, Evaluator, build_evaluator
 from ..evaluate.point import EVAL_BATCH, train_one
 from ..methods.encoding import Encoding
@@ -116,7 +116,7 @@ def eval_settings(cfg: Config) -> EvalSettings:
 
 def dataset_options(cfg: Config) -> dict[str, Any]:
     """The loader options the config sets for its dataset (MNIST's threshold; none for ModelNet)."""
-    return {"threshold": cfg.threshold} if cfg.dataset == "mnist" else {}
+    return {key: getattr(cfg, key) for key in dataset_spec(cfg.dataset).options}
 
 
 def load_data(cfg: Config, data_dir: str | None = None) -> Dataset:
@@ -154,7 +154,8 @@ def evaluation_splits(cfg: Config, data: Dataset, val: Clouds | None) -> dict[st
 
 def make_evaluator(cfg: Config, data: Dataset, val: Clouds | None, device: torch.device) -> Evaluator:
     """The dataset's evaluator under the config's ``eval_*`` protocol."""
-    return build_evaluator(data.domain, data.num_classes, evaluation_splits(cfg, data, val), eval_settings(cfg), device)
+    return build_evaluator(dataset_spec(cfg.dataset).evaluator, data.domain, data.num_classes,
+                           evaluation_splits(cfg, data, val), eval_settings(cfg), device)
 
 
 def evaluate_set(cfg: Config, points: np.ndarray, labels: np.ndarray, data: Dataset,
