@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..core.errors import UserError
 from ..data import DATASETS, dataset_spec
+from ..methods.matching import OBJECTIVES
 
 
 class Config(BaseModel):
@@ -78,7 +79,8 @@ class Config(BaseModel):
     lr_net: float = Field(0.01, gt=0, le=10)
 
     # Objective ------------------------------------------------------------------------------
-    matching: Literal["gradient", "distribution"] = "gradient"
+    matching: str = Field("gradient", description="a matching objective registered in tune_distill/methods/matching.py: "
+                          "gradient or distribution")
     distance: Literal["sum_of_squares", "layerwise_cosine", "mse", "cosine"] = "sum_of_squares"
     ce_weight: float = Field(
         0.0, ge=0, le=100,
@@ -152,6 +154,13 @@ class Config(BaseModel):
             raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
         return name
 
+    @field_validator("matching")
+    @classmethod
+    def _objective(cls, name: str) -> str:
+        if name not in OBJECTIVES:
+            raise ValueError(f"unknown matching objective {name!r}; choose one of: {', '.join(OBJECTIVES)}")
+        return name
+
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
         image = dataset_spec(self.dataset).kind == "image"
@@ -178,7 +187,7 @@ class Config(BaseModel):
         if self.dm_embedding == "quantiles" and self.family != "pointnet":
             raise ValueError("dm_embedding=quantiles reads per-point features: set family=pointnet, or dm_embedding=pooled")
         if self.init_features == "pointnet" and image:
-            raise ValueError(f"init_features=pointnet embeds point clouds, not images: use it with a point-cloud "
+            raise ValueError(f"init_features=pointnet embeds 3D shapes, not images: use it with a point-cloud "
                              f"dataset ({', '.join(n for n, d in DATASETS.items() if d.kind == 'points')}), "
                              f"or init_features=occupancy")
         if self.norm == "batch" and self.family != "pointnet":
