@@ -9,13 +9,13 @@ its evaluator sees it, one row per class),
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 import yaml
 
@@ -61,9 +61,18 @@ def save_run(result: "RunResult", out: str | os.PathLike) -> Path:
         save_synthetic(out / "synthetic.npz", result.points, result.labels)
         save_picture(out / "synthetic.png", result.points, result.labels, result.domain, result.class_names)
     (out / "metrics.json").write_text(json.dumps(result.metrics(), indent=2))
-    pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
+    write_history(out / "history.csv", result.history)
     (out / "config.yaml").write_text(yaml.safe_dump(result.config.model_dump(), sort_keys=False))
     return out
+
+
+def write_history(path: Path, rows: list[dict]) -> None:
+    """History rows as CSV, one column per key in order of first appearance, a row's missing keys
+    left empty (as pandas writes them; the engine does not load pandas for one file)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(dict.fromkeys(k for row in rows for k in row)), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 PLY_COMMENT = {True: "tune_distill synthetic cloud; x = width, y = -height, z = depth (grid cells)",
