@@ -261,10 +261,10 @@ def _any_inside(batch: PointBatch, grid_shape: tuple[int, ...]) -> bool:
     return bool(((p > -1) & (p < hi)).all(1).any())
 
 
-def _train_on_synthetic(net, encode, syn, num_classes, ipc, steps, lr, device) -> None:
+def _train_on_synthetic(net, encode, syn, num_classes, per_class, steps, lr, device) -> None:
     """DC's inner loop: a few SGD steps of the network on the (fixed) synthetic set."""
     opt = torch.optim.SGD(net.parameters(), lr=lr)
-    labels = torch.arange(num_classes, device=device).repeat_interleave(ipc)
+    labels = torch.arange(num_classes, device=device).repeat_interleave(per_class)
     batch = PointBatch.from_padded(syn)
     for _ in range(steps):
         loss = F.cross_entropy(net(encode(batch)), labels)

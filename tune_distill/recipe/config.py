@@ -35,7 +35,8 @@ class Config(BaseModel):
 
     # Synthetic set ------------------------------------------------------------------------
     ipc: int = Field(1, ge=1, le=500, description="synthetic clouds per class")
-    points: int = Field(250, ge=1, le=20000, description="points per synthetic cloud")
+    points: int = Field(250, ge=1, le=20000, description="points per synthetic cloud of the ipc, stored as cloud_split "
+                        "clouds of points / cloud_split points each (the storage per cloud of the ipc)")
     cloud_split: int = Field(
         1, ge=1, le=1024, description="store each of the ipc clouds as this many clouds of points / cloud_split "
         "points: the same storage per class in more, smaller clouds")
@@ -99,7 +100,7 @@ class Config(BaseModel):
     aug_translate: float = Field(0.1, ge=0, lt=1, description="max shift as a fraction of the grid")
     aug_jitter: float = Field(0.0, ge=0, le=5, description="per-point noise std (cells)")
 
-    # Trajectory matching, after the objective above (tune_distill/trajectory.py) ---------------
+    # Trajectory matching, after the objective above (tune_distill/methods/trajectory.py) ---------------
     tm_iterations: int = Field(0, ge=0, le=1_000_000, description="then refine by trajectory matching for N iterations (0: off)")
     tm_experts: int = Field(4, ge=1, le=100, description="expert networks trained on real data (cached on disk)")
     tm_expert_steps: int = Field(800, ge=1, le=1_000_000, description="SGD steps per expert")
