@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..core.errors import UserError
 from ..data import DATASETS, dataset_spec
@@ -148,18 +148,13 @@ class Config(BaseModel):
     log_every: int = Field(10, ge=1)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
 
-    @field_validator("dataset")
+    @field_validator("dataset", "matching")
     @classmethod
-    def _registered(cls, name: str) -> str:
-        if name not in DATASETS:
-            raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-        return name
-
-    @field_validator("matching")
-    @classmethod
-    def _objective(cls, name: str) -> str:
-        if name not in OBJECTIVES:
-            raise ValueError(f"unknown matching objective {name!r}; choose one of: {', '.join(OBJECTIVES)}")
+    def _registered(cls, name: str, info: ValidationInfo) -> str:
+        # Registries, not Literals: a dataset or objective registered at run time is valid.
+        what, registry = {"dataset": ("dataset", DATASETS), "matching": ("matching objective", OBJECTIVES)}[info.field_name]
+        if name not in registry:
+            raise ValueError(f"unknown {what} {name!r}; choose one of: {', '.join(registry)}")
         return name
 
     @model_validator(mode="after")
