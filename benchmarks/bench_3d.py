@@ -49,7 +49,7 @@ def seconds_per_iteration(data, train, overrides: dict, iterations: int, device:
 
 
 def seconds_per_evaluation(data, train, val, ipc: int, epochs: int, batch: int, device: torch.device) -> float:
-    evaluator = build_evaluator(data.domain, data.num_classes, {"test": data.test, "val": val},
+    evaluator = build_evaluator("point", data.domain, data.num_classes, {"test": data.test, "val": val},
                                 EvalSettings(1, epochs, 32, 4, 0.001, batch, True), device)
     syn, labels = init_synthetic("real", train, data.num_classes, data.domain, ipc, 1024, torch.Generator().manual_seed(0))
     start = time.perf_counter()

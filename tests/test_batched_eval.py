@@ -113,9 +113,9 @@ def test_batched_point_evaluator_scores_as_one_by_one(shapes, metric):
     points, labels, data = shapes
     splits = {"test": data.test.subset(torch.arange(0, 908, 6))}
     settings = replace(POINT_SETTINGS, metric=metric)
-    one = build_evaluator(data.domain, 10, splits, settings)(points, labels, seed=SEED)
+    one = build_evaluator("point", data.domain, 10, splits, settings)(points, labels, seed=SEED)
     calls: list[tuple[int, int]] = []
-    batched = build_evaluator(data.domain, 10, splits, replace(settings, batched=True))(
+    batched = build_evaluator("point", data.domain, 10, splits, replace(settings, batched=True))(
         points, labels, seed=SEED, progress=lambda done, total: calls.append((done, total)))
     assert batched == one and len(one["test"]) == K
     assert calls == [(0, K), (K, K)]

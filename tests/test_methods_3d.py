@@ -83,7 +83,7 @@ def test_farthest_point_sampling_covers_each_shape_more_evenly_than_a_random_sub
     from tune_distill.methods.synthetic import init_synthetic, thinned_clouds
 
     shapes = modelnet10.train.subset(torch.cat([modelnet10.train.members(c)[:2] for c in range(10)]))
-    whole = shapes.padded(torch.arange(len(shapes)), 1024, torch.Generator().manual_seed(0))
+    whole = shapes.resampled(torch.arange(len(shapes)), 1024, torch.Generator().manual_seed(0))
 
     def distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
@@ -100,7 +100,7 @@ def test_farthest_point_sampling_covers_each_shape_more_evenly_than_a_random_sub
     again = init_synthetic("full", shapes, 10, modelnet10.domain, 1, 64, torch.Generator().manual_seed(1), sampling="fps")[0]
     assert torch.equal(again, picks["fps"])  # deterministic in the generator
     thinned = thinned_clouds(shapes, 64, torch.Generator().manual_seed(1))  # real_match's real clouds under fps
-    assert thinned.counts.tolist() == [64] * 20 and torch.equal(thinned.padded(torch.arange(20), 64, torch.Generator())
+    assert thinned.counts.tolist() == [64] * 20 and torch.equal(thinned.resampled(torch.arange(20), 64, torch.Generator())
                                                                 .sort(1).values, again.sort(1).values)
 
 

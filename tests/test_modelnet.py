@@ -134,7 +134,7 @@ def test_point_evaluator_is_deterministic_and_learns(mn10):
     gen = torch.Generator().manual_seed(0)
     syn, labels = init_synthetic("real", train, 10, mn10.domain, 4, 256, gen)
     settings = EvalSettings(models=2, epochs=10, width=8, depth=3, lr=0.003, batch=8, augment=True)
-    evaluator = build_evaluator(mn10.domain, 10, {"test": mn10.test.subset(torch.arange(0, 908, 6)), "val": val},
+    evaluator = build_evaluator("point", mn10.domain, 10, {"test": mn10.test.subset(torch.arange(0, 908, 6)), "val": val},
                                 settings)
     first = evaluator(syn, labels, seed=5)
     assert evaluator(syn, labels, seed=5) == first  # same seed, same accuracies, to the bit

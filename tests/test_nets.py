@@ -55,7 +55,7 @@ def test_truncated_second_order_is_smaller_than_full(mnist):
         enc = encoding_of(cfg)
         net = build_distill_net(settings(NetSettings, cfg), 3, GRID, 10, seed=0)
         real = mnist.train.batch(torch.nonzero(mnist.train.labels == 1).flatten()[:16])
-        syn = mnist.train.padded(torch.tensor([3]), 120, torch.Generator().manual_seed(0)).requires_grad_(True)
+        syn = mnist.train.resampled(torch.tensor([3]), 120, torch.Generator().manual_seed(0)).requires_grad_(True)
         loss = gradient_match(net, enc(real, GRID, True), torch.full((16,), 1),
                               enc(PointBatch.from_padded(syn), GRID, True), torch.full((1,), 1), "sum_of_squares")
         loss.backward()

@@ -97,3 +97,12 @@ def test_inconsistent_trajectory_settings_are_one_line_errors(change, words):
     with pytest.raises(UserError, match=words):
         make_config(dict(TM, **change), preset="quick")
     make_config(dict(TM, **change, tm_iterations=0), preset="quick")  # off: nothing to check
+
+
+def test_eval_at_does_not_change_the_points(mnist, cache):
+    # The cached first stage (no eval_at) and the uncached one (eval_at) distil the same clouds:
+    # with real_match and fps, the real clouds thinned to the synthetic clouds' size.
+    cfg = make_config(dict(TM, real_match=True, init_sampling="fps", cloud_split=2, eval_test_size=50), preset="quick")
+    plain, watched = run(cfg, data=mnist), run(cfg.replace(eval_at=[1]), data=mnist)
+    assert [e["iteration"] for e in watched.evaluations] == [1] and not plain.evaluations
+    assert np.array_equal(plain.points, watched.points) and plain.accuracies == watched.accuracies

@@ -372,7 +372,7 @@ def test_sigkill_of_the_driver_then_rerun_finishes_the_search(ray_cluster, mnist
 def test_resumed_searcher_keeps_a_trial_the_study_already_closed(tmp_path):
     # The window a SIGKILL can hit: the study recorded a trial's end, Tune's snapshot did not, so
     # Tune restores the trial as unfinished and it reports its final state to the searcher again.
-    from tune_distill.tune.searcher import ResumableOptunaSearch
+    from tune_distill.tune.raystate import ResumableOptunaSearch
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     searcher = ResumableOptunaSearch(space={"lr": optuna.distributions.FloatDistribution(0.01, 1.0, log=True)},

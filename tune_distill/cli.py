@@ -16,16 +16,16 @@ from typing import Any, Callable, NoReturn
 
 import numpy as np
 
-from .recipe.config import Config, PRESETS, file_preset, load_config_file, make_config, parse_assignments
+from .recipe.config import DATASETS, Config, PRESETS, dataset_spec, file_preset, load_config_file, make_config, parse_assignments
 from .core.errors import UserError
 
-# Baselines are runs without iterations, named by the initialisation they evaluate. On MNIST
-# real digits keep all their points (400 exceeds the 250-point cap), so a baseline is the digit
-# itself, not a subsample, also under a --config file written for a distillation run; 3D shapes
-# keep the config's points per cloud (1,024: every point of a ModelNet shape). --set points=... wins.
+# Baselines are runs without iterations, named by the initialisation they evaluate. Where the
+# dataset's spec names a whole_cloud size (MNIST: 400 points, above the 250-point cap) a baseline
+# keeps each real cloud whole, not a subsample, also under a --config file written for a
+# distillation run; 3D shapes keep the config's points per cloud (1,024: every point of a
+# ModelNet shape). --set points=... wins.
 BASELINES: dict[str, str] = {"random_real": "real", "herding": "herding", "kcenter": "kcenter",
                              "class_mean_topk": "class_mean_topk", "full": "full"}
-WHOLE_DIGIT = 400
 
 
 def _config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None, **forced: Any) -> Config:
@@ -59,7 +59,7 @@ def _fresh_out_dir(out: str | None, stem: str) -> Path:
 def _scored(cfg: Config, split: str) -> str:
     """What a printed score is: the metric, the split, the classifiers behind it."""
     metric = "balanced accuracy" if cfg.eval_metric == "balanced" else "accuracy"
-    nets = "ConvNets" if cfg.dataset == "mnist" else "PointNets"
+    nets = "ConvNets" if dataset_spec(cfg.dataset).evaluator == "image" else "PointNets"
     return f"{metric} ({split}, {cfg.eval_models} {nets} x {cfg.eval_epochs} epochs)"
 
 
@@ -130,13 +130,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     ipc = {"ipc": args.ipc} if args.ipc is not None else {}  # else the config's (or the preset's) ipc
     cfg = _config_from_args(args, None, init=init, iterations=0, **ipc)
     given = "points" in parse_assignments(args.set or [])
-    if cfg.dataset == "mnist" and init not in ("class_mean_topk", "full") and not given:
-        cfg = cfg.replace(points=WHOLE_DIGIT)
+    whole = dataset_spec(cfg.dataset).whole_cloud
+    if whole is not None and init not in ("class_mean_topk", "full") and not given:
+        cfg = cfg.replace(points=whole)
     return _run_and_save(cfg, args, f"baseline-{args.name}-ipc{cfg.ipc}-seed{cfg.seed}")
-
-
-# The protocol a bare synthetic set (no config.yaml beside it) is scored with, per dataset.
-FULL_PROTOCOL = {"mnist": None, "modelnet10": "modelnet10", "modelnet40": "modelnet40"}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -144,7 +141,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .recipe.artifacts import load_synthetic
     from .recipe.run import evaluate_set, load_data
-
     from .recipe.shipped import find_entry
 
     path = Path(args.path)
@@ -160,8 +156,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not values and preset is None:
         if not args.dataset:
             raise UserError(f"{path} has no config.yaml beside it; say which data it is for with --dataset "
-                            f"({', '.join(FULL_PROTOCOL)}), or give --config")
-        preset = FULL_PROTOCOL[args.dataset]
+                            f"({', '.join(DATASETS)}), or give --config")
+        preset = DATASETS[args.dataset].protocol  # the protocol a bare set is scored with
     values.update(parse_assignments(args.set or []))
     if args.seed is not None:
         values["seed"] = args.seed
@@ -340,10 +336,10 @@ def _load_set(path: Path, data_dir: str | None, dataset: str | None = None) -> t
     if (folder / "config.yaml").exists():
         cfg = make_config(load_config_file(folder / "config.yaml"))
     elif dataset:
-        cfg = make_config({"dataset": dataset}, preset=FULL_PROTOCOL[dataset])
+        cfg = make_config({"dataset": dataset}, preset=DATASETS[dataset].protocol)
     else:
         raise UserError(f"{path} has no config.yaml beside it; say which data it is for with --dataset "
-                        f"({', '.join(FULL_PROTOCOL)})")
+                        f"({', '.join(DATASETS)})")
     data = load_data(cfg, data_dir)
     points, labels = load_synthetic(path, data=data)
     return points, labels, data
@@ -512,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="re-score a synthetic set (a run folder or an npz) with its dataset's evaluator")
     p.add_argument("path", help="a run folder (synthetic.npz + config.yaml) or a synthetic.npz (points, labels)")
-    p.add_argument("--dataset", choices=sorted(FULL_PROTOCOL),
+    p.add_argument("--dataset", choices=sorted(DATASETS),
                    help="the data the set is for (needed without a config.yaml; then its full protocol is used)")
     p.add_argument("--config", metavar="FILE", help="score under this config.yaml instead of the one beside the set")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. eval_models=10")
@@ -523,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("draw", help="a picture of a set (a run folder, a cell under distilled/, a synthetic.npz)")
     p.add_argument("path", help="the set: a folder with config.yaml and synthetic.npz or selection.json, or an npz")
     p.add_argument("--out", metavar="FILE", help="the PNG to write (default: synthetic.png beside the set)")
-    p.add_argument("--dataset", choices=sorted(FULL_PROTOCOL), help="the data the set is for, without a config.yaml")
+    p.add_argument("--dataset", choices=sorted(DATASETS), help="the data the set is for, without a config.yaml")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the dataset's files (else $TUNE_DISTILL_DATA, else a cache)")
     p.set_defaults(func=cmd_draw)
 

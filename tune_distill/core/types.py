@@ -94,8 +94,9 @@ class Clouds:
         flat, batch, _ = self._gather(idx, cap)
         return PointBatch(self.points[flat].float(), batch, len(idx))
 
-    def padded(self, indices: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-        """Clouds at ``indices`` resampled to exactly ``size`` points each, (B, size, D) float.
+    def resampled(self, indices: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+        """Clouds at ``indices`` resampled at random to exactly ``size`` points each, (B, size, D) float
+        (``PointBatch.padded``, by contrast, repeats points in order and draws nothing).
 
         Clouds with at least ``size`` points keep a random subset of them; smaller clouds repeat
         random points. An empty cloud is an error: it has no shape to resample.

@@ -1,29 +1,19 @@
-"""Datasets by name: each loader returns a ``Dataset`` of ragged point clouds in its ``Domain``."""
+"""Datasets by name: each registered ``DatasetSpec`` (see ``spec.py``) loads a ``Dataset`` of ragged
+point clouds in its ``Domain``. A new dataset is a module with a loader and a spec, and one
+``register`` line below."""
 
 from __future__ import annotations
-
-import os
-from typing import Callable
 
 import torch
 
 from ..core.errors import UserError
 from ..core.types import Clouds, Dataset, Domain, PointBatch, voxelize
-from .mnist import load_mnist
-from .modelnet import load_modelnet10, load_modelnet40
+from . import mnist, modelnet
+from .spec import DATASETS, DatasetSpec, dataset_spec, load_dataset, register
 
-LOADERS: dict[str, Callable[..., Dataset]] = {
-    "mnist": load_mnist, "modelnet10": load_modelnet10, "modelnet40": load_modelnet40,
-}
-# Datasets whose clouds are binary images on a grid: rendered, drawn and evaluated as images.
-IMAGE_DATASETS = ("mnist",)
-
-
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options) -> Dataset:
-    """Load a registered dataset; ``options`` are the loader's own (e.g. MNIST's ``threshold``)."""
-    if name not in LOADERS:
-        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(LOADERS))}")
-    return LOADERS[name](data_dir, **options)
+register(mnist.SPEC)
+register(modelnet.MODELNET10)
+register(modelnet.MODELNET40)
 
 
 def hold_out(clouds: Clouds, size: int, num_classes: int, seed: int, stratified: bool) -> tuple[Clouds, Clouds | None]:
@@ -71,5 +61,5 @@ def kept_indices(clouds: Clouds, size: int, num_classes: int, seed: int, stratif
     return torch.nonzero(keep).flatten()
 
 
-__all__ = ["Clouds", "Dataset", "Domain", "IMAGE_DATASETS", "LOADERS", "PointBatch", "load_dataset",
-           "hold_out", "kept_indices", "voxelize"]
+__all__ = ["Clouds", "DATASETS", "Dataset", "DatasetSpec", "Domain", "PointBatch", "dataset_spec", "hold_out",
+           "kept_indices", "load_dataset", "register", "voxelize"]

@@ -2,9 +2,9 @@
 
 An evaluator is built once per run from the dataset's splits (``build_evaluator``), then called
 on synthetic sets: ``evaluator(points, labels, seed, progress) -> {split: [accuracy per model]}``.
-``draw_set`` draws a synthetic set as its classifiers see it. Image datasets get
-the image evaluator (render to binary images, DC's ConvNet); point clouds in the unit ball get
-the point evaluator (PointNet).
+``draw_set`` draws a synthetic set as its classifiers see it. A dataset's spec names its
+evaluator: ``image`` (render to binary images, DC's ConvNet) or ``point`` (PointNet on the
+coordinates).
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ class Evaluator(Protocol):
                  progress: Progress | None = None) -> dict[str, list[float]]: ...
 
 
-def build_evaluator(domain: Domain, num_classes: int, splits: dict[str, Clouds], settings: EvalSettings,
+def build_evaluator(kind: str, domain: Domain, num_classes: int, splits: dict[str, Clouds], settings: EvalSettings,
                     device: torch.device | str = "cpu") -> Evaluator:
-    """The evaluator for data in ``domain``, scoring on ``splits`` (name -> clouds)."""
+    """The ``kind`` evaluator (``image`` or ``point``, as the dataset's spec says) for data in
+    ``domain``, scoring on ``splits`` (name -> clouds)."""
     device = torch.device(device)
-    if domain.grid_shape is not None:
+    if kind == "image":
         from .image import ImageEvaluator
 
         return ImageEvaluator(domain.grid_shape, num_classes, splits, settings, device)

@@ -22,7 +22,7 @@ from ..core.types import Clouds, Domain, PointBatch
 from ..nets import NetSettings, build_distill_net
 from .augment import sample_transform
 from .encoding import Encoding
-from .matching import distribution_match, gradient_match, quantile_embedding
+from .matching import OBJECTIVES
 from .synthetic import snap
 
 Report = Callable[[dict], None]
@@ -34,7 +34,7 @@ class DistillSettings:
 
     seed: int = 0
     iterations: int = 1250
-    matching: str = "gradient"  # gradient | distribution
+    matching: str = "gradient"  # a name in matching.OBJECTIVES: gradient | distribution
     distance: str = "sum_of_squares"
     dm_var_weight: float = 0.0
     dm_embedding: str = "pooled"  # pooled | quantiles (PointNet)
@@ -126,6 +126,104 @@ class _Networks:
         return self.net
 
 
+class Distillation:
+    """One distillation's state, set up once (``__init__``) and advanced one iteration at a time
+    (``step``); ``finish`` leaves the points in their domain (snapped if asked). ``distill`` runs
+    it and logs it."""
+
+    def __init__(self, cfg: DistillSettings, net_settings: NetSettings, clouds: Clouds, num_classes: int,
+                 domain: Domain, syn: torch.Tensor, device: torch.device) -> None:
+        self.cfg, self.num_classes, self.domain, self.syn, self.device = cfg, num_classes, domain, syn, device
+        self.encoding, self.sparse = cfg.encoding, net_settings.family == "sparse"
+        self.grid_shape, self.scale, self.offset = domain.voxels(cfg.voxel_res)
+        in_channels = self.encoding.in_channels(domain.dims)
+        self.clouds = clouds = clouds.to(device)
+        self.by_class = [clouds.members(c) for c in range(num_classes)]
+        self.real_gen = torch.Generator().manual_seed(stream(cfg.seed, "real"))
+        self.aug_gen = torch.Generator().manual_seed(stream(cfg.seed, "augment"))
+        self.objective = OBJECTIVES[cfg.matching](cfg)
+
+        def make(seed: int) -> torch.nn.Module:
+            return build_distill_net(net_settings, in_channels, self.grid_shape, num_classes, seed).to(device)
+
+        self.networks = _Networks(cfg, make, self.pretrain)
+        syn.requires_grad_(True)
+        self.opt = (torch.optim.SGD([syn], lr=cfg.lr, momentum=cfg.momentum) if cfg.optimizer == "sgd"
+                    else torch.optim.Adam([syn], lr=cfg.lr))
+        self.schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, cfg.iterations))
+                         if cfg.lr_schedule == "cosine" else None)
+        self.clouds_per_class = len(syn) // num_classes
+
+    def encode(self, batch: PointBatch):
+        return self.encoding(batch.affine(self.scale, self.offset), self.grid_shape, self.sparse)
+
+    def real_batch(self, c: int, n: int) -> PointBatch:
+        members = self.by_class[c]
+        pick = members[torch.randperm(len(members), generator=self.real_gen)[:n].to(self.device)]
+        return self.clouds.batch(pick, self.cfg.real_cap)
+
+    def pretrain(self, net: torch.nn.Module, seed: int) -> None:
+        """Train a fresh network on real batches of all classes (the paper's proposed future work)."""
+        cfg, clouds = self.cfg, self.clouds
+        opt = torch.optim.SGD(net.parameters(), lr=cfg.lr_net, momentum=0.9)
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(cfg.pretrain_steps):
+            pick = torch.randperm(len(clouds), generator=gen)[: cfg.batch_real].to(self.device)
+            loss = F.cross_entropy(net(self.encode(clouds.batch(pick, cfg.real_cap))), clouds.labels[pick])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    def step(self, it: int) -> dict[str, float]:
+        """One iteration: keep the points in their domain, pick the network, then per outer step
+        one optimizer step on the summed per-class objective. Returns what the log shows."""
+        cfg, syn, domain, device, n = self.cfg, self.syn, self.domain, self.device, self.clouds_per_class
+        domain.project(syn)
+        if cfg.snap_every and it > 0 and it % cfg.snap_every == 0:
+            snap_points(self.encoding, syn, self.grid_shape)
+            self.opt.state.clear()  # momentum belonged to the points' old places
+        net = self.networks.at(it)
+        for outer in range(cfg.outer_loop):
+            loss = syn.new_zeros(())
+            for c in range(self.num_classes):
+                real = self.real_batch(c, cfg.batch_real)
+                mine = PointBatch.from_padded(syn[c * n : (c + 1) * n])
+                if cfg.augment:
+                    t = sample_transform(domain, cfg.aug_rotate, cfg.aug_scale, cfg.aug_translate, cfg.aug_jitter,
+                                         self.aug_gen)
+                    real, mine = t(real), t(mine)
+                    if domain.grid_shape is not None and not _any_inside(mine, self.grid_shape):
+                        # Points are clamped into the grid, so only a cloud collapsed onto its border
+                        # can be moved wholly outside it; it would have no splat to match.
+                        raise FloatingPointError(f"class {c}'s synthetic points all sit on the grid's border, and the "
+                                                 f"augmentation moved every one outside it at iteration {it}; lower lr")
+                y_real, y_syn = torch.full((real.size,), c, device=device), torch.full((n,), c, device=device)
+                loss = loss + self.objective(net, self.encode(real), y_real, self.encode(mine), y_syn)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"matching loss is {loss.item()} at iteration {it}; lower lr")
+            before = syn.detach().clone()
+            self.opt.zero_grad()
+            loss.backward()
+            grad_abs = syn.grad.abs().mean().item()
+            self.opt.step()
+            if not torch.isfinite(syn).all():
+                raise FloatingPointError(f"synthetic coordinates are not finite after iteration {it}; lower lr")
+            delta_abs = (syn.detach() - before).abs().mean().item()
+            if outer == cfg.outer_loop - 1:
+                break
+            _train_on_synthetic(net, self.encode, syn.detach(), self.num_classes, n, cfg.inner_loop, cfg.lr_net,
+                                device)
+        if self.schedule is not None:
+            self.schedule.step()
+        return {"loss": loss.item(), "grad_abs": grad_abs, "delta_abs": delta_abs}
+
+    def finish(self) -> None:
+        self.domain.project(self.syn)
+        if self.cfg.snap_final and self.cfg.iterations > 0:  # a baseline (no iterations) stays the real clouds it picked
+            snap_points(self.encoding, self.syn, self.grid_shape)
+        self.syn.requires_grad_(False)
+
+
 def distill(
     cfg: DistillSettings,
     net_settings: NetSettings,
@@ -137,110 +235,20 @@ def distill(
     report: Report | None = None,
     evaluate_at: Callable[[int, torch.Tensor], None] | None = None,
 ) -> list[dict]:
-    """Optimise ``syn`` (num_classes * ipc, P, D) in place; return the logged history.
+    """Optimise ``syn`` (num_classes * clouds per class, P, D) in place; return the logged history.
 
     ``clouds`` are the real training clouds the distillation may see (never validation or test).
     ``evaluate_at(iteration, points)`` is called at each iteration listed in ``cfg.eval_at``.
     """
-    enc = cfg.encoding
-    sparse = net_settings.family == "sparse"
-    grid_shape, scale, offset = domain.voxels(cfg.voxel_res)
-    in_channels = enc.in_channels(domain.dims)
-    clouds = clouds.to(device)
-    by_class = [clouds.members(c) for c in range(num_classes)]
-    real_gen = torch.Generator().manual_seed(stream(cfg.seed, "real"))
-    aug_gen = torch.Generator().manual_seed(stream(cfg.seed, "augment"))
-
-    def encode(batch: PointBatch):
-        return enc(batch.affine(scale, offset), grid_shape, sparse)
-
-    def real_batch(c: int, n: int) -> PointBatch:
-        members = by_class[c]
-        pick = members[torch.randperm(len(members), generator=real_gen)[:n].to(device)]
-        return clouds.batch(pick, cfg.real_cap)
-
-    def make(seed: int) -> torch.nn.Module:
-        return build_distill_net(net_settings, in_channels, grid_shape, num_classes, seed).to(device)
-
-    def pretrain(net: torch.nn.Module, seed: int) -> None:
-        """Train a fresh network on real batches of all classes (the paper's proposed future work)."""
-        opt = torch.optim.SGD(net.parameters(), lr=cfg.lr_net, momentum=0.9)
-        gen = torch.Generator().manual_seed(seed)
-        for _ in range(cfg.pretrain_steps):
-            pick = torch.randperm(len(clouds), generator=gen)[: cfg.batch_real].to(device)
-            loss = F.cross_entropy(net(encode(clouds.batch(pick, cfg.real_cap))), clouds.labels[pick])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-    networks = _Networks(cfg, make, pretrain)
-    syn.requires_grad_(True)
-    opt = (torch.optim.SGD([syn], lr=cfg.lr, momentum=cfg.momentum) if cfg.optimizer == "sgd"
-           else torch.optim.Adam([syn], lr=cfg.lr))
-    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.iterations))
-                if cfg.lr_schedule == "cosine" else None)
-    ipc = len(syn) // num_classes
+    run = Distillation(cfg, net_settings, clouds, num_classes, domain, syn, device)
     log = IterationLog(cfg.log_every, cfg.iterations, report)
     for it in range(cfg.iterations):
         if evaluate_at is not None and it in cfg.eval_at:
             evaluate_at(it, syn.detach())
-        domain.project(syn)
-        if cfg.snap_every and it > 0 and it % cfg.snap_every == 0:
-            snap_points(enc, syn, grid_shape)
-            opt.state.clear()  # momentum belonged to the points' old places
-        net = networks.at(it)
-        if cfg.dm_embedding == "quantiles":
-            def embed(x: torch.Tensor, net: torch.nn.Module = net) -> torch.Tensor:
-                return quantile_embedding(net.point_features(x), cfg.dm_quantiles)
-        else:
-            embed = getattr(net, "embed", None)
-        for outer in range(cfg.outer_loop):
-            loss = syn.new_zeros(())
-            for c in range(num_classes):
-                real = real_batch(c, cfg.batch_real)
-                mine = PointBatch.from_padded(syn[c * ipc : (c + 1) * ipc])
-                if cfg.augment:
-                    t = sample_transform(domain, cfg.aug_rotate, cfg.aug_scale, cfg.aug_translate, cfg.aug_jitter,
-                                         aug_gen)
-                    real, mine = t(real), t(mine)
-                    if domain.grid_shape is not None and not _any_inside(mine, grid_shape):
-                        # Points are clamped into the grid, so only a cloud collapsed onto its border
-                        # can be moved wholly outside it; it would have no splat to match.
-                        raise FloatingPointError(f"class {c}'s synthetic points all sit on the grid's border, and the "
-                                                 f"augmentation moved every one outside it at iteration {it}; lower lr")
-                y_syn = torch.full((ipc,), c, device=device)
-                if cfg.matching == "gradient":
-                    y_real = torch.full((real.size,), c, device=device)
-                    loss = loss + gradient_match(net, encode(real), y_real, encode(mine), y_syn, cfg.distance)
-                else:
-                    syn_input = encode(mine)
-                    loss = loss + distribution_match(embed, encode(real), syn_input, cfg.dm_var_weight)
-                    if cfg.ce_weight:
-                        # Means alone let a synthetic cloud sit between classes as long as the
-                        # class average is right; a pretrained network's cross-entropy pulls
-                        # each cloud toward its own class (IDM's class-aware regulariser).
-                        loss = loss + cfg.ce_weight * F.cross_entropy(net(syn_input), y_syn)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"matching loss is {loss.item()} at iteration {it}; lower lr")
-            before = syn.detach().clone()
-            opt.zero_grad()
-            loss.backward()
-            grad_abs = syn.grad.abs().mean().item()
-            opt.step()
-            if not torch.isfinite(syn).all():
-                raise FloatingPointError(f"synthetic coordinates are not finite after iteration {it}; lower lr")
-            delta_abs = (syn.detach() - before).abs().mean().item()
-            if outer == cfg.outer_loop - 1:
-                break
-            _train_on_synthetic(net, encode, syn.detach(), num_classes, ipc, cfg.inner_loop, cfg.lr_net, device)
-        if schedule is not None:
-            schedule.step()
+        values = run.step(it)
         if log.due(it):
-            log.add(it, loss=loss.item(), grad_abs=grad_abs, delta_abs=delta_abs)
-    domain.project(syn)
-    if cfg.snap_final and cfg.iterations > 0:  # a baseline (no iterations) stays the real clouds it picked
-        snap_points(enc, syn, grid_shape)
-    syn.requires_grad_(False)
+            log.add(it, **values)
+    run.finish()
     return log.rows
 
 
@@ -253,10 +261,10 @@ def _any_inside(batch: PointBatch, grid_shape: tuple[int, ...]) -> bool:
     return bool(((p > -1) & (p < hi)).all(1).any())
 
 
-def _train_on_synthetic(net, encode, syn, num_classes, ipc, steps, lr, device) -> None:
+def _train_on_synthetic(net, encode, syn, num_classes, per_class, steps, lr, device) -> None:
     """DC's inner loop: a few SGD steps of the network on the (fixed) synthetic set."""
     opt = torch.optim.SGD(net.parameters(), lr=lr)
-    labels = torch.arange(num_classes, device=device).repeat_interleave(ipc)
+    labels = torch.arange(num_classes, device=device).repeat_interleave(per_class)
     batch = PointBatch.from_padded(syn)
     for _ in range(steps):
         loss = F.cross_entropy(net(encode(batch)), labels)

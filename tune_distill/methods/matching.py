@@ -10,15 +10,28 @@ Gradient distances compare two lists of per-parameter gradients:
 Distribution matching (DM) compares mean embeddings of real and synthetic clouds: a network's
 pooled global feature, or (``quantile_embedding``, after SADM) each channel's distribution over
 the cloud's points summarised by evenly spaced order statistics.
+
+``OBJECTIVES`` names them for the config's ``matching`` key: each entry builds, from the
+distillation's settings, an ``Objective`` (network, real input and labels, synthetic input and
+labels -> one class's loss). A new objective is a function of that shape plus one
+``register_objective`` line.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..sparse import SparseTensor
+
+if TYPE_CHECKING:
+    from .loop import DistillSettings
+
+Input = torch.Tensor | SparseTensor
+# One class's matching loss: (network, real input, real labels, synthetic input, synthetic labels) -> scalar.
+Objective = Callable[[torch.nn.Module, Input, torch.Tensor, Input, torch.Tensor], torch.Tensor]
 
 DISTANCES = ("sum_of_squares", "layerwise_cosine", "mse", "cosine")
 
@@ -113,3 +126,46 @@ def quantile_embedding(features: torch.Tensor, quantiles: int) -> torch.Tensor:
     b, p, c = features.shape
     ranks = torch.linspace(0, p - 1, quantiles, device=features.device).round().long()
     return features.sort(dim=1).values[:, ranks].reshape(b, quantiles * c)
+
+
+def gradient(settings: "DistillSettings") -> Objective:
+    """Gradient matching (DC, the paper): the ``distance`` between real and synthetic weight gradients."""
+    def loss(net: torch.nn.Module, real: Input, y_real: torch.Tensor, syn: Input, y_syn: torch.Tensor) -> torch.Tensor:
+        return gradient_match(net, real, y_real, syn, y_syn, settings.distance)
+
+    return loss
+
+
+def distribution(settings: "DistillSettings") -> Objective:
+    """Distribution matching of the network's pooled embedding (``dm_embedding=pooled``) or of
+    each channel's quantiles over the points (``quantiles``), plus ``ce_weight`` times the
+    synthetic clouds' cross-entropy."""
+    def loss(net: torch.nn.Module, real: Input, y_real: torch.Tensor, syn: Input, y_syn: torch.Tensor) -> torch.Tensor:
+        if settings.dm_embedding == "quantiles":
+            def embed(x: torch.Tensor) -> torch.Tensor:
+                return quantile_embedding(net.point_features(x), settings.dm_quantiles)
+        else:
+            embed = net.embed
+        out = distribution_match(embed, real, syn, settings.dm_var_weight)
+        if settings.ce_weight:
+            # Means alone let a synthetic cloud sit between classes as long as the class average
+            # is right; a pretrained network's cross-entropy pulls each cloud toward its own
+            # class (IDM's class-aware regulariser).
+            out = out + settings.ce_weight * F.cross_entropy(net(syn), y_syn)
+        return out
+
+    return loss
+
+
+OBJECTIVES: dict[str, Callable[["DistillSettings"], Objective]] = {}
+
+
+def register_objective(name: str, build: Callable[["DistillSettings"], Objective]) -> None:
+    """Make ``build`` the config's ``matching=name`` (a name already taken is an error)."""
+    if name in OBJECTIVES:
+        raise ValueError(f"matching objective {name!r} is registered already")
+    OBJECTIVES[name] = build
+
+
+register_objective("gradient", gradient)
+register_objective("distribution", distribution)

@@ -1,4 +1,4 @@
-"""The learnable synthetic set: IPC clouds per class of P points each, and how it starts.
+"""The learnable synthetic set: a number of clouds per class (ipc x cloud_split) of P points each, and how it starts.
 
 Initialisation strategies:
 - ``uniform``: uniform over the grid (the paper) or the unit ball's bounding cube, then projected;
@@ -6,13 +6,13 @@ Initialisation strategies:
 - ``real``: a random real cloud of the class, resampled to P points;
 - ``real_noise``: the same plus gaussian jitter of ``init_noise`` cells;
 - ``herding``: real clouds chosen greedily so that their mean occupancy tracks the class mean
-  (Welling's herding; with IPC 1, the cloud nearest the class mean);
+  (Welling's herding; with one cloud per class, the cloud nearest the class mean);
 - ``kcenter``: real clouds chosen greedily to cover the class (k-center greedy: the cloud
   nearest the class mean, then each time the cloud farthest from every chosen one);
 - ``full``: every training cloud, resampled to P points (the full-data ceiling, evaluated
-  without distillation; ``ipc`` is ignored);
-- ``class_mean_topk``: the P most occupied cells of the class mean (with IPC > 1, of the means
-  of IPC k-means clusters of the class).
+  without distillation; ``clouds_per_class`` is ignored);
+- ``class_mean_topk``: the P most occupied cells of the class mean (with several clouds per
+  class, of the means of that many k-means clusters of the class).
 
 ``sampling`` says how a real shape is thinned to a synthetic cloud's P points: a random subset,
 or ``fps``, farthest-point sampling from a random first point, which covers the surface evenly
@@ -93,8 +93,8 @@ def _thinned(clouds: Clouds, indices: torch.Tensor, points: int, generator: torc
     """The clouds at ``indices`` as (B, points, D): a random subset, or farthest points from a
     random start (each copy of a repeated pick starts elsewhere, so covers the shape differently)."""
     if sampling == "random":
-        return clouds.padded(indices, points, generator)
-    whole = clouds.padded(indices, max(points, int(clouds.counts[indices].max())), generator)
+        return clouds.resampled(indices, points, generator)
+    whole = clouds.resampled(indices, max(points, int(clouds.counts[indices].max())), generator)
     return farthest_points(whole, points)
 
 
@@ -142,7 +142,7 @@ def init_synthetic(
     clouds: Clouds,
     num_classes: int,
     domain: Domain,
-    ipc: int,
+    clouds_per_class: int,
     points: int,
     generator: torch.Generator,
     noise: float = 1.0,
@@ -151,15 +151,16 @@ def init_synthetic(
     sampling: str = "random",
     features: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Initial synthetic points (num_classes * ipc, points, D) and labels, grouped by class.
+    """Initial synthetic points (num_classes * clouds_per_class, points, D) and labels, grouped by
+    class: ``clouds_per_class`` is the clouds per class as stored (the config's ipc x cloud_split).
 
     ``noise`` is ``real_noise``'s jitter (cells, or units of the ball); ``feature_res`` the
     voxel grid of the occupancy features on the unit ball; ``sampling`` (random | fps) how a
     real shape is thinned to ``points``; ``features`` (len(clouds), F), if given, the space
     herding and k-center choose in.
     """
-    points_out, labels, _ = init_selection(kind, clouds, num_classes, domain, ipc, points, generator, noise, cap,
-                                           feature_res, sampling, features)
+    points_out, labels, _ = init_selection(kind, clouds, num_classes, domain, clouds_per_class, points, generator,
+                                           noise, cap, feature_res, sampling, features)
     return points_out, labels
 
 
@@ -173,7 +174,7 @@ def init_selection(
     clouds: Clouds,
     num_classes: int,
     domain: Domain,
-    ipc: int,
+    clouds_per_class: int,
     points: int,
     generator: torch.Generator,
     noise: float = 1.0,
@@ -196,8 +197,8 @@ def init_selection(
         raise ValueError(f"unknown sampling {sampling!r}; choose one of {SAMPLINGS}")
     d = domain.dims
     low, high = domain.low, domain.high
-    labels = torch.arange(num_classes).repeat_interleave(ipc)
-    n = num_classes * ipc
+    labels = torch.arange(num_classes).repeat_interleave(clouds_per_class)
+    n = num_classes * clouds_per_class
     grid = domain.voxels(feature_res)
     if kind == "full":
         out = _thinned_all(clouds, points, generator, sampling)
@@ -211,18 +212,18 @@ def init_selection(
         per_class, chosen = [], []
         for c in range(num_classes):
             members = clouds.members(c)
-            # A class with fewer clouds than ipc repeats its picks in order; each copy is its own
-            # random subset of the shape's points (many small clouds per class can outnumber shapes).
-            cycle = torch.arange(ipc) % len(members)
+            # A class with fewer clouds than clouds_per_class repeats its picks in order; each copy is
+            # its own random subset of the shape's points (many small clouds per class can outnumber shapes).
+            cycle = torch.arange(clouds_per_class) % len(members)
             if kind == "class_mean_topk":
                 feats = _occupancy(clouds, members, grid, cap)
-                means = feats.mean(0, keepdim=True) if ipc == 1 else _kmeans_means(feats, ipc)
+                means = feats.mean(0, keepdim=True) if clouds_per_class == 1 else _kmeans_means(feats, clouds_per_class)
                 cells = torch.stack([_top_cells(m, grid[0], points, generator) for m in means])
                 per_class.append((cells - grid[2]) / grid[1])
                 continue
-            given = None if picks is None else picks[c * ipc : (c + 1) * ipc]
+            given = None if picks is None else picks[c * clouds_per_class : (c + 1) * clouds_per_class]
             if kind in ("real", "real_noise"):
-                pick = members[torch.randperm(len(members), generator=generator)[:ipc][cycle]]
+                pick = members[torch.randperm(len(members), generator=generator)[:clouds_per_class][cycle]]
                 if given is not None and not torch.equal(pick, given):
                     raise ValueError(f"class {c}: the stored picks are not the shapes this seed draws")
             elif given is not None:  # herding, kcenter
@@ -230,7 +231,7 @@ def init_selection(
             else:
                 feats = _occupancy(clouds, members, grid, cap) if features is None else features[members]
                 choose = herding if kind == "herding" else kcenter
-                pick = members[choose(feats, min(ipc, len(members)))[cycle]]
+                pick = members[choose(feats, min(clouds_per_class, len(members)))[cycle]]
             chosen.append(pick)
             per_class.append(_thinned(clouds, pick, points, generator, sampling))
         out = torch.cat(per_class)

@@ -110,7 +110,7 @@ def _train_experts(cfg: TrajectorySettings, clouds: Clouds, grid_shape: tuple[in
 def match_trajectories(cfg: TrajectorySettings, clouds: Clouds, num_classes: int, domain: Domain,
                        syn: torch.Tensor, labels: torch.Tensor, device: torch.device,
                        report: Report | None = None, data_id: dict | None = None) -> list[dict]:
-    """Refine ``syn`` (num_classes * ipc, P, D) in place for ``iterations``; return the history.
+    """Refine ``syn`` (num_classes * clouds per class, P, D) in place for ``iterations``; return the history.
 
     Needs an image grid domain (the experts are image ConvNets). History rows continue
     ``distill``'s iteration count and carry the student's learnt step size.

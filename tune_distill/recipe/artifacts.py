@@ -12,19 +12,19 @@ rebuild: a selection as its ``selection.json`` instead of the points, and no pic
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 import yaml
 
 from ..core.errors import UserError
 from ..core.types import Domain
-from ..data import IMAGE_DATASETS, Dataset, load_dataset
+from ..data import Dataset, dataset_spec, load_dataset
 from ..evaluate import draw_set
 from .selection import SELECTION_FILE, read_selection, rebuild, selection_of, write_selection
 
@@ -79,9 +79,18 @@ def save_run(result: "RunResult", out: str | os.PathLike, shipped: bool = False)
         save_picture(out / "synthetic.png", result.points, result.labels, result.domain, result.class_names)
     (out / "metrics.json").write_text(json.dumps(result.metrics(), indent=2))
     if result.history or not shipped:
-        pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
+        write_history(out / "history.csv", result.history)
     (out / "config.yaml").write_text(yaml.safe_dump(result.config.model_dump(), sort_keys=False))
     return out
+
+
+def write_history(path: Path, rows: list[dict]) -> None:
+    """History rows as CSV, one column per key in order of first appearance, a row's missing keys
+    left empty (as pandas writes them; the engine does not load pandas for one file)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(dict.fromkeys(k for row in rows for k in row)), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 PLY_COMMENT = {True: "tune_distill synthetic cloud; x = width, y = -height, z = depth (grid cells)",
@@ -116,4 +125,4 @@ def save_plys(folder: Path, points: np.ndarray, labels: np.ndarray, dataset: str
         k = counts.get(label, 0)
         counts[label] = k + 1
         write_ply(folder / f"class{label}_{k}.ply", cloud, comment=f"class {label}, cloud {k}",
-                  image=dataset in IMAGE_DATASETS)
+                  image=dataset_spec(dataset).kind == "image")

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..core.errors import UserError
+from ..data import DATASETS, dataset_spec
+from ..methods.matching import OBJECTIVES
 
 
 class Config(BaseModel):
@@ -24,7 +26,7 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # Data ---------------------------------------------------------------------------------
-    dataset: Literal["mnist", "modelnet10", "modelnet40"] = "mnist"
+    dataset: str = Field("mnist", description="a dataset registered in tune_distill/data/__init__.py")
     threshold: int = Field(75, ge=0, le=254, description="mnist: pixels above this (0..255) become points")
     real_cap: int | None = Field(250, ge=1, description="keep each real cloud's first N points (None: all)")
     real_match: bool = Field(False, description="distil against each real cloud's first points / cloud_split "
@@ -33,7 +35,8 @@ class Config(BaseModel):
 
     # Synthetic set ------------------------------------------------------------------------
     ipc: int = Field(1, ge=1, le=500, description="synthetic clouds per class")
-    points: int = Field(250, ge=1, le=20000, description="points per synthetic cloud")
+    points: int = Field(250, ge=1, le=20000, description="points per synthetic cloud of the ipc, stored as cloud_split "
+                        "clouds of points / cloud_split points each (the storage per cloud of the ipc)")
     cloud_split: int = Field(
         1, ge=1, le=1024, description="store each of the ipc clouds as this many clouds of points / cloud_split "
         "points: the same storage per class in more, smaller clouds")
@@ -77,7 +80,8 @@ class Config(BaseModel):
     lr_net: float = Field(0.01, gt=0, le=10)
 
     # Objective ------------------------------------------------------------------------------
-    matching: Literal["gradient", "distribution"] = "gradient"
+    matching: str = Field("gradient", description="a matching objective registered in tune_distill/methods/matching.py: "
+                          "gradient or distribution")
     distance: Literal["sum_of_squares", "layerwise_cosine", "mse", "cosine"] = "sum_of_squares"
     ce_weight: float = Field(
         0.0, ge=0, le=100,
@@ -96,7 +100,7 @@ class Config(BaseModel):
     aug_translate: float = Field(0.1, ge=0, lt=1, description="max shift as a fraction of the grid")
     aug_jitter: float = Field(0.0, ge=0, le=5, description="per-point noise std (cells)")
 
-    # Trajectory matching, after the objective above (tune_distill/trajectory.py) ---------------
+    # Trajectory matching, after the objective above (tune_distill/methods/trajectory.py) ---------------
     tm_iterations: int = Field(0, ge=0, le=1_000_000, description="then refine by trajectory matching for N iterations (0: off)")
     tm_experts: int = Field(4, ge=1, le=100, description="expert networks trained on real data (cached on disk)")
     tm_expert_steps: int = Field(800, ge=1, le=1_000_000, description="SGD steps per expert")
@@ -144,8 +148,18 @@ class Config(BaseModel):
     log_every: int = Field(10, ge=1)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
 
+    @field_validator("dataset", "matching")
+    @classmethod
+    def _registered(cls, name: str, info: ValidationInfo) -> str:
+        # Registries, not Literals: a dataset or objective registered at run time is valid.
+        what, registry = {"dataset": ("dataset", DATASETS), "matching": ("matching objective", OBJECTIVES)}[info.field_name]
+        if name not in registry:
+            raise ValueError(f"unknown {what} {name!r}; choose one of: {', '.join(registry)}")
+        return name
+
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
+        image = dataset_spec(self.dataset).kind == "image"
         if self.eval_split == "val" and self.val_size == 0:
             raise ValueError("eval_split=val needs val_size > 0 (e.g. val_size=5000)")
         if self.backend == "minkowski" and self.family != "sparse":
@@ -168,15 +182,17 @@ class Config(BaseModel):
                              "choose a cloud_split that divides points")
         if self.dm_embedding == "quantiles" and self.family != "pointnet":
             raise ValueError("dm_embedding=quantiles reads per-point features: set family=pointnet, or dm_embedding=pooled")
-        if self.init_features == "pointnet" and self.dataset == "mnist":
-            raise ValueError("init_features=pointnet embeds 3D shapes: use it with dataset=modelnet10|modelnet40, "
-                             "or init_features=occupancy")
+        if self.init_features == "pointnet" and image:
+            raise ValueError(f"init_features=pointnet embeds 3D shapes, not images: use it with a point-cloud "
+                             f"dataset ({', '.join(n for n, d in DATASETS.items() if d.kind == 'points')}), "
+                             f"or init_features=occupancy")
         if self.norm == "batch" and self.family != "pointnet":
             raise ValueError("norm=batch is for family=pointnet; voxel networks take none or instance")
-        if self.dataset != "mnist":
+        if not image:
             image_only = [k for k in ("snap_every", "snap_final", "straight_through", "tm_iterations") if getattr(self, k)]
             if image_only:
-                raise ValueError(f"{image_only[0]} works on image datasets (mnist) only; turn it off for {self.dataset}")
+                images = ", ".join(n for n, d in DATASETS.items() if d.kind == "image")
+                raise ValueError(f"{image_only[0]} works on image datasets ({images}) only; turn it off for {self.dataset}")
         return self
 
     @property
@@ -198,52 +214,8 @@ class Config(BaseModel):
         return make_config({**self.model_dump(), **changes})
 
 
-# What every 3D preset shares (see the comments on the modelnet presets).
-MODELNET: dict[str, Any] = dict(
-    family="pointnet", encoding="points", depth=3, width=64, pooling="max", norm="none", matching="distribution",
-    network="resample", init="herding", points=1024, real_cap=None, optimizer="adam", lr=0.01, momentum=0.0,
-    iterations=200, batch_real=32, augment=False, aug_rotate=180.0, aug_scale=0.2, aug_translate=0.05,
-    aug_jitter=0.0, eval_models=5, eval_epochs=500, eval_width=32, eval_depth=4, eval_lr=0.001, eval_batch=8,
-    eval_augment=True, log_every=10,
-)
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's Minkowski network as its code runs it: 2 layers, IN, max pooling, sum of
-    # squares, SGD(0.1, 0.5), uniform init, one fixed random network, 1250 iterations. Its sparse
-    # layers had no double backward (MinkowskiEngine), hence second_order=truncated.
-    "paper-sparse": dict(
-        family="sparse", depth=2, width=128, pooling="max", norm="instance", distance="sum_of_squares",
-        lr=0.1, momentum=0.5, init="uniform", points=250, iterations=1250, batch_real=256,
-        network="fixed", encoding="features", second_order="truncated",
-        eval_models=5, eval_epochs=1000,
-    ),
-    # The paper's pure-PyTorch network: densified clouds, 3 layers, no norm.
-    "paper-dense": dict(
-        family="dense", depth=3, width=128, pooling="max", norm="none", distance="sum_of_squares",
-        lr=0.1, momentum=0.5, init="uniform", points=250, iterations=1250, batch_real=256,
-        network="fixed", encoding="features", eval_models=5, eval_epochs=1000,
-    ),
-    # About a minute on 2 CPU cores: the project's method (points splatted into the image, a
-    # fresh network per iteration, herding init, augmentation, snapping at the end) with a narrow
-    # network, small real batches, 100 iterations and a cheaper evaluation (2 x 300 epochs,
-    # width 64, 2,000 test digits). configs/ours.yaml is the same method at full size.
-    "quick": dict(
-        family="dense", depth=3, width=32, pooling="avg", norm="instance", distance="sum_of_squares",
-        encoding="splat", init="herding", points=150, network="resample", lr=0.1, momentum=0.5,
-        augment=True, snap_final=True, iterations=100, batch_real=32, eval_models=2, eval_epochs=300,
-        eval_width=64, eval_test_size=2000, log_every=10,
-    ),
-    # 3D shapes: distribution matching of PointNet embeddings under a fresh random PointNet every
-    # iteration, Adam on the coordinates, from herding; clouds of 1,024 points in the unit ball.
-    # Evaluated by PointNets trained from scratch (docs/protocol-3d.md). A run of a few minutes on
-    # 2 CPU cores: 2 evaluation models, 100 iterations, 16 real clouds per class.
-    "modelnet10-quick": dict(MODELNET, dataset="modelnet10", val_size=400, iterations=100, batch_real=16,
-                             eval_models=2, eval_epochs=300),
-    # The full protocol: 5 evaluation PointNets; 200 iterations, 32 real clouds per class (chosen
-    # on the validation split: docs/results.md, "ModelNet10").
-    "modelnet10": dict(MODELNET, dataset="modelnet10", val_size=400),
-    "modelnet40": dict(MODELNET, dataset="modelnet40", val_size=984),
-}
+# Every registered dataset's presets (data/mnist.py, data/modelnet.py), by name.
+PRESETS: dict[str, dict[str, Any]] = {name: values for spec in DATASETS.values() for name, values in spec.presets.items()}
 
 
 def _fields_help(key: str) -> str:

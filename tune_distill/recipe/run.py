@@ -2,13 +2,13 @@
 
 This is the one place that reads the whole config: it maps it onto each component's plain
 settings (``NetSettings``, ``DistillSettings``, ``TrajectorySettings``, ``EvalSettings``) and
-wires the components. ``run(config, report)`` loads (or takes) the dataset, carves out the
-validation split, builds the initial synthetic set, distils it (then refines it by trajectory
-matching when ``tm_iterations`` > 0, the first stage then coming from the disk cache when an
-earlier run of the same seed and settings computed it), evaluates it with the dataset's
-evaluator and returns a ``RunResult``. With ``iterations=0`` it evaluates the initial set
-itself, which is how the baselines (random real clouds, herding, k-center, class-mean top-k)
-are measured by the very same evaluator.
+wires the components. ``run(config, report)`` goes one way: it loads (or takes) the dataset and
+carves out the validation split, builds the first stage (the initial synthetic set distilled by
+the matching objective; from the disk cache when trajectory matching follows and an earlier run
+of the same seed and settings computed it), refines it by trajectory matching when
+``tm_iterations`` > 0, evaluates it with the dataset's evaluator and returns a ``RunResult``.
+With ``iterations=0`` it evaluates the initial set itself, which is how the baselines (random
+real clouds, herding, k-center, class-mean top-k) are measured by the very same evaluator.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ..core.cache import cache_path, cached
 from ..core.errors import UserError
 from ..core.seeding import stream
 from ..core.types import Clouds, Domain
-from ..data import Dataset, hold_out, kept_indices, load_dataset
+from ..data import Dataset, dataset_spec, hold_out, kept_indices, load_dataset
 from ..evaluate import EvalSettings, Evaluator, build_evaluator
 from ..evaluate.point import EVAL_BATCH, train_one
 from ..methods.encoding import Encoding
@@ -35,8 +35,8 @@ from ..nets import NetSettings
 from .config import Config
 
 VAL_SPLIT_SEED = 20240531  # fixed, so every run and trial holds out the same clouds
-# What a first stage (the points before trajectory matching) is computed by.
-STAGE_CODE = ("methods", "nets", "sparse", "core", "data")
+# What a first stage (the points before trajectory matching) is computed by: run() builds it too.
+STAGE_CODE = ("methods", "nets", "sparse", "core", "data", "recipe.run")
 
 S = TypeVar("S")
 
@@ -119,7 +119,7 @@ def eval_settings(cfg: Config) -> EvalSettings:
 
 def dataset_options(cfg: Config) -> dict[str, Any]:
     """The loader options the config sets for its dataset (MNIST's threshold; none for ModelNet)."""
-    return {"threshold": cfg.threshold} if cfg.dataset == "mnist" else {}
+    return {key: getattr(cfg, key) for key in dataset_spec(cfg.dataset).options}
 
 
 def load_data(cfg: Config, data_dir: str | None = None) -> Dataset:
@@ -167,7 +167,8 @@ def evaluation_splits(cfg: Config, data: Dataset, val: Clouds | None) -> dict[st
 
 def make_evaluator(cfg: Config, data: Dataset, val: Clouds | None, device: torch.device) -> Evaluator:
     """The dataset's evaluator under the config's ``eval_*`` protocol."""
-    return build_evaluator(data.domain, data.num_classes, evaluation_splits(cfg, data, val), eval_settings(cfg), device)
+    return build_evaluator(dataset_spec(cfg.dataset).evaluator, data.domain, data.num_classes,
+                           evaluation_splits(cfg, data, val), eval_settings(cfg), device)
 
 
 def evaluate_set(cfg: Config, points: np.ndarray, labels: np.ndarray, data: Dataset,
@@ -200,7 +201,7 @@ def init_features(cfg: Config, train: Clouds, data: Dataset, device: torch.devic
     if cfg.init_features == "occupancy" or cfg.init not in ("herding", "kcenter"):
         return None
     seed = stream(cfg.seed, "features")
-    x = train.padded(torch.arange(len(train)), FEATURE_POINTS, torch.Generator().manual_seed(seed)).to(device)
+    x = train.resampled(torch.arange(len(train)), FEATURE_POINTS, torch.Generator().manual_seed(seed)).to(device)
     settings = replace(eval_settings(cfg), models=1, epochs=cfg.init_feature_epochs, batch=FEATURE_BATCH)
     net = train_one(x, train.labels.to(device), data.num_classes, settings, seed, data.domain.up).eval()
     with torch.no_grad():
@@ -240,17 +241,6 @@ def run(config: Config, report: Report | None = None, data: Dataset | None = Non
     device = resolve_device(cfg.device)
     train, val = split_train(data, cfg.val_size)
     evaluator = make_evaluator(cfg, data, val, device)
-    syn, labels, picks = init_selection(cfg.init, train, data.num_classes, data.domain, cfg.clouds_per_class,
-                                        cfg.cloud_points, init_generator(cfg.seed), cfg.init_noise, cfg.real_cap,
-                                        sampling=cfg.init_sampling, features=init_features(cfg, train, data, device))
-    syn = syn.to(device)
-    # real_match compares synthetic clouds with real ones of their size, thinned the same way.
-    matched = train
-    if cfg.real_match and cfg.init_sampling != "random" and cfg.iterations:
-        thin_gen = torch.Generator().manual_seed(stream(cfg.seed, "thin"))
-        matched = thinned_clouds(train, cfg.cloud_points, thin_gen, cfg.init_sampling)
-    net = settings(NetSettings, cfg)
-    dist = distill_settings(cfg)
     evaluations: list[dict] = []
     eval_time = 0.0
 
@@ -258,39 +248,51 @@ def run(config: Config, report: Report | None = None, data: Dataset | None = Non
         if report is not None:
             report({"eval_done": done, "eval_total": total})
 
-    def evaluate(points: torch.Tensor) -> dict[str, list[float]]:
+    def evaluate(points: torch.Tensor, labels: torch.Tensor) -> dict[str, list[float]]:
         nonlocal eval_time
         t = time.perf_counter()
         scores = evaluator(points, labels, eval_seed(cfg), eval_progress)
         eval_time += time.perf_counter() - t
         return scores
 
-    def evaluate_at(it: int, points: torch.Tensor) -> None:
-        accs = evaluate(points)[cfg.eval_split]
-        row = {"iteration": it, "acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs)), "accuracies": accs}
-        evaluations.append(row)
-        if report is not None:
-            report(dict(row))
+    def first_stage() -> dict:
+        """The initial set, distilled by the matching objective against the clouds it matches."""
+        syn, labels, picks = init_selection(cfg.init, train, data.num_classes, data.domain, cfg.clouds_per_class,
+                                            cfg.cloud_points, init_generator(cfg.seed), cfg.init_noise, cfg.real_cap,
+                                            sampling=cfg.init_sampling, features=init_features(cfg, train, data, device))
+        syn = syn.to(device)
+        # real_match compares synthetic clouds with real ones of their size, thinned the same way.
+        matched = train
+        if cfg.real_match and cfg.init_sampling != "random" and cfg.iterations:
+            thin_gen = torch.Generator().manual_seed(stream(cfg.seed, "thin"))
+            matched = thinned_clouds(train, cfg.cloud_points, thin_gen, cfg.init_sampling)
+
+        def evaluate_at(it: int, points: torch.Tensor) -> None:
+            accs = evaluate(points, labels)[cfg.eval_split]
+            row = {"iteration": it, "acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs)), "accuracies": accs}
+            evaluations.append(row)
+            if report is not None:
+                report(dict(row))
+
+        history = distill(distill_settings(cfg), settings(NetSettings, cfg), matched, data.num_classes, data.domain,
+                          syn, device, report, evaluate_at)
+        return {"points": syn.detach().cpu(), "labels": labels, "history": history, "picks": picks}
 
     if cfg.tm_iterations and not cfg.eval_at:
         # A trajectory-matching search varies only the tm_* settings: every trial of a seed
         # starts from the same first stage, so it is computed once (see core/cache.py).
-        def first_stage() -> dict:
-            rows = distill(dist, net, train, data.num_classes, data.domain, syn, device, report)
-            return {"points": syn.detach().cpu(), "history": rows}
-
         stage = cached(cache_path("stages", first_stage_spec(cfg, device), train, STAGE_CODE), first_stage)
-        with torch.no_grad():
-            syn.copy_(stage["points"])
-        history = stage["history"]
     else:
-        history = distill(dist, net, matched, data.num_classes, data.domain, syn, device, report, evaluate_at)
+        stage = first_stage()
+    syn, labels, history = stage["points"].to(device), stage["labels"], stage["history"]
+    # A selection (nothing distilled, so never a cached stage): which training clouds it picked.
+    picks = None if cfg.total_iterations or stage["picks"] is None else train_indices(data, cfg.val_size)[stage["picks"]]
     if cfg.tm_iterations:
         data_id = {"dataset": data.name, **data.options, "val_size": cfg.val_size}
         history += match_trajectories(trajectory_settings(cfg), train, data.num_classes, data.domain, syn, labels,
                                       device, report, data_id)
     distill_seconds = time.perf_counter() - started - eval_time
-    scores = evaluate(syn)
+    scores = evaluate(syn, labels)
     accuracies = scores.pop(cfg.eval_split)
     return RunResult(
         config=cfg,
@@ -303,7 +305,7 @@ def run(config: Config, report: Report | None = None, data: Dataset | None = Non
         class_names=data.class_names,
         other_accuracies=scores,
         evaluations=evaluations,
-        picks=train_indices(data, cfg.val_size)[picks].numpy() if picks is not None and not cfg.total_iterations else None,
+        picks=None if picks is None else picks.numpy(),
         seconds=time.perf_counter() - started,
         distill_seconds=distill_seconds,
         eval_seconds=eval_time,

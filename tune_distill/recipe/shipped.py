@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 
 from ..core.errors import UserError
-from ..data import IMAGE_DATASETS
+from ..data import dataset_spec
 from .artifacts import load_synthetic
 from .selection import SELECTION_FILE
 from .table import TableSpec, cell_dir
@@ -46,7 +46,7 @@ def _sha256(path: Path) -> str:
 
 def _own_protocol(cfg: dict) -> str:
     """``protocol/net`` of the evaluation a cell's run made (MNIST's: the paper's ConvNets)."""
-    image = cfg["dataset"] in IMAGE_DATASETS
+    image = dataset_spec(cfg["dataset"]).evaluator == "image"
     return f"{cfg.get('eval_protocol') or ('paper' if image else 'table')}/" \
            f"{cfg.get('eval_net') or ('convnet' if image else 'pointnet')}"
 

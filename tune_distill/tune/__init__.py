@@ -6,8 +6,8 @@ tune_distill`` stays light. The pieces:
 - ``space``: the YAML schema and its validation (no Ray);
 - ``trainable``: one trial = one config over the experiment's seeds, checkpointed per seed;
 - ``tuner``: searcher, scheduler, resources, resume, the cluster check;
-- ``searcher``: Ray's ``OptunaSearch``, safe to resume after the driver was killed;
-- ``driverstate``: Tune's own saved state, kept whole when the driver is killed;
+- ``raystate``: every Ray and Optuna internal relied on (driver state kept whole when the driver
+  is killed, ``OptunaSearch`` safe to resume, orphaned study trials), pinned to one Ray version;
 - ``results``: ``load_results(name) -> DataFrame`` and the tables built from it;
 - ``export`` / ``report``: the best synthetic sets (npz, png, ply) and plots with a summary.
 """

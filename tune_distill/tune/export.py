@@ -25,6 +25,7 @@ import yaml
 import pandas as pd
 
 from ..recipe.artifacts import load_synthetic, save_plys
+from ..recipe.config import Config
 from ..core.errors import UserError
 from .results import leaderboard, load_results, param_column
 
@@ -58,7 +59,7 @@ def export_trial(row: pd.Series, params: list[str], out: Path, experiment: str) 
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     points, labels = load_synthetic(out / "synthetic.npz")
     config = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").exists() else {}
-    save_plys(out / "ply", points, labels, (config or {}).get("dataset", "mnist"))
+    save_plys(out / "ply", points, labels, (config or {}).get("dataset", Config().dataset))
     return out
 
 

@@ -2,7 +2,7 @@
 
 An experiment folder (``results/<name>/`` by default) holds Tune's own files (experiment state,
 searcher state, one ``trial_<id>/`` folder per trial with its latest checkpoint), a whole copy
-of Tune's state (``driver-state.zip``, see ``driverstate``), our
+of Tune's state (``driver-state.zip``, see ``raystate``), our
 ``space.yaml`` (the validated space, CLI overrides applied) and ``base_config.yaml`` (the
 resolved config every trial starts from), and, for algorithm optuna, ``optuna.db`` (the study).
 
@@ -200,7 +200,7 @@ def _tune_trials(exp_dir: Path) -> list[tuple[str, str, dict]]:
 
     from ray.tune import ExperimentAnalysis
 
-    from .driverstate import experiment_state_file
+    from .raystate import experiment_state_file
     from .util import quiet_loggers
 
     with tempfile.TemporaryDirectory() as scratch:

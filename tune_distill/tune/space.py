@@ -3,7 +3,7 @@
 A search space file has three sections (every shipped file repeats this in its header)::
 
     base:                       # what every trial starts from
-      preset: quick             # a name from tune_distill.config.PRESETS (or null)
+      preset: quick             # a name from tune_distill.PRESETS (or null)
       set: {iterations: 60}     # fixed overrides, any Config key
     params:                     # the searched hyperparameters, one distribution each
       depth: {choice: [2, 3]}

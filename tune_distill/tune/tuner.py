@@ -5,7 +5,7 @@ the cluster can ever run a trial (a GPU request on a cluster without GPUs would 
 PENDING forever), and runs Ray Tune:
 
 - searcher: ``OptunaSearch`` (seeded TPE, study in ``<experiment>/optuna.db``, which
-  ``optuna-dashboard sqlite:///results/<name>/optuna.db`` opens; ``searcher`` makes it safe to
+  ``optuna-dashboard sqlite:///results/<name>/optuna.db`` opens; ``raystate`` makes it safe to
   resume after a kill; with ``batch``, proposed a batch at a time, so a rerun proposes the same
   trials), Tune's seeded random search, or a grid;
 - scheduler: FIFO, or ASHA with seeds as its time unit;
@@ -17,7 +17,7 @@ PENDING forever), and runs Ray Tune:
 An experiment lives in ``<storage>/<name>/``. Running the same name again (or ``resume=True``)
 restores it with ``Tuner.restore(..., resume_unfinished=True)``: finished trials are kept,
 unfinished ones continue from their last finished seed, and the searcher continues from its
-saved state, so no trial is lost and none runs twice. ``driverstate`` keeps that saved state
+saved state, so no trial is lost and none runs twice. ``raystate`` keeps that saved state
 whole when the driver is killed while Tune copies it.
 """
 
@@ -110,7 +110,7 @@ def _searcher(space: SearchSpace, name: str, exp_dir: Path) -> tuple[Any, dict[s
     if s.algorithm == "optuna":
         import optuna
 
-        from .searcher import ResumableOptunaSearch
+        from .raystate import ResumableOptunaSearch
 
         # TPE starts with random samples; with a small budget, start modelling sooner.
         # constant_liar keeps concurrent trials from being suggested the same point.
@@ -267,27 +267,6 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
     return ""
 
 
-def _close_orphans(exp_dir: Path, name: str) -> None:
-    """Mark study trials left RUNNING by a killed driver as FAIL, once every Tune trial is over.
-
-    A driver killed between the searcher's suggestion and Tune's next state snapshot leaves an
-    Optuna trial no Tune trial owns; the resumed search suggests anew, so that one never ends.
-    """
-    if not (exp_dir / STUDY_FILE).is_file():
-        return
-    import optuna
-    from optuna.trial import TrialState
-
-    storage = optuna.storages.RDBStorage(study_url(exp_dir))
-    try:
-        study_id = storage.get_study_id_from_name(name)
-    except KeyError:
-        return
-    for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
-
-
 # The search ----------------------------------------------------------------------------------
 def search(space: SearchSpace, *, name: str, storage: str | Path | None = None, data_dir: str | Path | None = None,
            address: str | None = None, resume: bool = False, progress: bool = True) -> SearchOutcome:
@@ -326,7 +305,7 @@ def search(space: SearchSpace, *, name: str, storage: str | Path | None = None, 
             raise UserError(f"experiment {name!r} exists with a different space ({diff}); resume it unchanged, "
                             "or choose another --name")
         base = read_base(exp_dir)
-        from .driverstate import restore_into
+        from .raystate import restore_into
 
         restore_into(exp_dir)  # a driver killed while Tune copied its state left it cut off
         done = _outcome(space, name, exp_dir, True, 0.0)
@@ -342,7 +321,7 @@ def search(space: SearchSpace, *, name: str, storage: str | Path | None = None, 
 
     from ray import tune
 
-    from .driverstate import StateBackup
+    from .raystate import StateBackup
     from .progress import Progress
     from .trainable import OwnErrorsAreFinal
 
@@ -394,8 +373,10 @@ def _outcome(space: SearchSpace, name: str, exp_dir: Path, resumed: bool, second
     # No trial at all means the driver died before Tune's first snapshot, not that time ran out.
     budget_spent = short and not unfinished and len(results) > 0 and space.search.time_budget_s is not None
     interrupted = short and not budget_spent
-    if not interrupted:
-        _close_orphans(exp_dir, name)
+    if not interrupted and (exp_dir / STUDY_FILE).is_file():
+        from .raystate import close_orphans
+
+        close_orphans(study_url(exp_dir), name)
     return SearchOutcome(exp_dir, results, space.num_trials, finished, resumed, interrupted, budget_spent, seconds)
 
 

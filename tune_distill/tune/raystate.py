@@ -1,15 +1,31 @@
-"""Tune's driver state (trial list, searcher state), kept whole through a killed driver.
+"""Every Ray Tune and Optuna internal the search relies on, in one module, pinned to the versions
+``tests/test_raystate.py`` checks (Ray ``TESTED_RAY``): upgrading Ray means re-checking this
+file only. Imported only when a search runs or its results are read: it imports Ray.
 
-Tune writes its state to a staging folder, then a background thread copies it into the
-experiment folder file by file, truncating each file before writing it. A driver killed during
-that copy (SIGKILL, the OOM killer, a lost machine) leaves an empty or cut-off
+Driver state. Tune writes its state to a staging folder, then a background thread copies it
+into the experiment folder file by file, truncating each file before writing it. A driver killed
+during that copy (SIGKILL, the OOM killer, a lost machine) leaves an empty or cut-off
 ``experiment_state-*.json`` or ``searcher-state-*.pkl``, and the experiment can then be neither
 read nor resumed. So at every save ``StateBackup`` zips the staging folder's state files, whole
 and written together, into ``<experiment>/driver-state.zip`` (written aside, then renamed over
 the old one, so the zip itself is never partial). The zip is as new as the copy or newer:
+``experiment_state_file`` is the state that readers (``load_results``) use; ``restore_into``
+puts the zip's files back before ``Tuner.restore`` reads the folder.
 
-- ``experiment_state_file`` is the state that readers (``load_results``) use;
-- ``restore_into`` puts the zip's files back before ``Tuner.restore`` reads the folder.
+Trial state. The study (``optuna.db``) and Tune's snapshot are saved at different moments. A
+driver killed after the study recorded a trial's end but before Tune's next snapshot leaves a
+trial that Tune restores as unfinished: its trainable reports its final state again, and
+``OptunaSearch`` passes that report into a closed study trial, which Optuna refuses
+(``UpdateFinishedTrialError``); ``ResumableOptunaSearch`` drops such reports, as the study
+already holds the value.
+
+Orphaned study trials. A driver killed between a suggestion and Tune's next snapshot leaves an
+Optuna trial no Tune trial owns; ``close_orphans`` marks them failed once every Tune trial is
+over. Optuna's own stale-trial handling (``RDBStorage(heartbeat_interval=...)`` with
+``fail_stale_trials``) does not do this job: it only fails trials that recorded a heartbeat,
+which ``Study.optimize`` does and the ask/tell that ``OptunaSearch`` uses does not (Optuna 5.1
+skips RUNNING trials without one), and it waits out a grace period where a resumed search knows
+at once that no Tune trial will finish them.
 """
 
 from __future__ import annotations
@@ -20,8 +36,11 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from optuna.exceptions import UpdateFinishedTrialError
 from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
 
+TESTED_RAY = "2.60.0"  # the Ray release whose internals this module was checked against
 BACKUP_FILE = "driver-state.zip"
 STATE_GLOB = "experiment_state-*.json"
 
@@ -93,7 +112,7 @@ class StateBackup(Callback):
 
     def _learn_folders(self, trials: list) -> None:
         if trials and self._folders is None:
-            storage = trials[0].storage
+            storage = trials[0].storage  # Ray's StorageContext: not public API
             self._folders = (Path(storage.experiment_driver_staging_path), Path(storage.experiment_fs_path))
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
@@ -109,3 +128,30 @@ class StateBackup(Callback):
 
     def __getstate__(self) -> dict:
         return {"_folders": None}  # folders belong to one driver session
+
+
+class ResumableOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that ignores results for trials its study already finished."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        # The completion that follows needs nothing here: ``OptunaSearch`` already catches the
+        # refused ``tell`` of a finished trial (a warning our quiet loggers hide).
+        try:
+            super().on_trial_result(trial_id, result)
+        except UpdateFinishedTrialError:
+            pass
+
+
+def close_orphans(study_url: str, name: str) -> None:
+    """Mark the study ``name``'s trials still RUNNING as FAIL (call it once every Tune trial is over)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = optuna.storages.RDBStorage(study_url)
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        return
+    for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
