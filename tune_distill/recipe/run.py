@@ -69,12 +69,23 @@ class RunResult:
     def acc_std(self) -> float:
         return float(np.std(self.accuracies))
 
+    @property
+    def stored_points(self) -> float:
+        """Points the synthetic set stores per class (``ipc x points`` for a distilled set)."""
+        return float(self.points.shape[0] * self.points.shape[1] / len(np.unique(self.labels)))
+
+    @property
+    def stored_floats(self) -> float:
+        """Floats the synthetic set stores per class: every stored coordinate (3 per point)."""
+        return float(self.points.size / len(np.unique(self.labels)))
+
     def metrics(self) -> dict:
         """The summary written to ``metrics.json`` and reported to Tune."""
         out = {
             "acc_mean": self.acc_mean, "acc_std": self.acc_std, "accuracies": list(self.accuracies),
             "split": self.split, "seconds": self.seconds, "distill_seconds": self.distill_seconds,
             "eval_seconds": self.eval_seconds, "evaluations": self.evaluations,
+            "stored_points": self.stored_points, "stored_floats": self.stored_floats,
         }
         for name, accs in self.other_accuracies.items():
             out[f"{name}_acc_mean"] = float(np.mean(accs))
