@@ -157,9 +157,11 @@ def plot_seeds(df: pd.DataFrame, path: Path) -> None:
 
 def storage_label(row: pd.Series) -> str:
     """How a trial stores a class: ``<clouds>x<points per cloud>`` (``ipc * cloud_split`` clouds
-    of ``points / cloud_split`` points), from its ``config/`` columns."""
+    of ``points / cloud_split`` points), from its ``config/`` columns; ``distilled`` when its
+    points were learned (iterations), else it is a selection of real shapes."""
     ipc, split, points = (int(row[f"config/{k}"]) for k in ("ipc", "cloud_split", "points"))
-    return f"{ipc * split}x{points // split}"
+    learned = row["config/iterations"] + row.get("config/tm_iterations", 0)
+    return f"{ipc * split}x{points // split}" + (" distilled" if learned else "")
 
 
 def plot_frontier(df: pd.DataFrame, space: SearchSpace, path: Path) -> None:
@@ -171,9 +173,11 @@ def plot_frontier(df: pd.DataFrame, space: SearchSpace, path: Path) -> None:
     ax = fig.add_subplot(1, 1, 1)
     ax.scatter(done[x_col], 100 * done["objective"], s=18, color="tab:gray", alpha=0.6, label="trial")
     ax.plot(front[x_col], 100 * front["objective"], "-o", color="tab:red", markersize=5, label="Pareto front")
+    labels: dict[tuple[float, float], list[str]] = {}  # trials at one spot share one label
     for _, row in front.iterrows():
-        ax.annotate(storage_label(row), (row[x_col], 100 * row["objective"]), textcoords="offset points",
-                    xytext=(4, -10), fontsize=7)
+        labels.setdefault((row[x_col], 100 * row["objective"]), []).append(storage_label(row))
+    for spot, names in labels.items():
+        ax.annotate(" / ".join(dict.fromkeys(names)), spot, textcoords="offset points", xytext=(5, -10), fontsize=7)
     values = done[x_col].to_numpy(dtype=float)
     if len(values) and values.min() > 0 and values.max() / values.min() > 8:
         ax.set_xscale("log")
