@@ -491,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``tune-distill``; returns the exit status."""
+    from .core import portable
+
+    portable.environment()  # TUNE_DISTILL_PORTABLE=1: before torch computes anything (and before Ray's workers start)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

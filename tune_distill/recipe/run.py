@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..core.cache import cache_path, cached
+from ..core import portable
 from ..core.errors import UserError
 from ..core.seeding import stream
 from ..core.types import Clouds, Domain
@@ -228,8 +229,14 @@ def run(config: Config, report: Report | None = None, data: Dataset | None = Non
     progress (``eval_done`` of ``eval_total`` models).
 
     Pass ``data`` to reuse a loaded dataset (it must match the config's dataset options); the
-    same config and seed give the same points and accuracies on CPU.
+    same config and seed give the same points and accuracies on one CPU, and on any x86-64 CPU
+    under ``TUNE_DISTILL_PORTABLE=1`` (``core.portable``).
     """
+    with portable.arithmetic():
+        return _run(config, report, data, data_dir)
+
+
+def _run(config: Config, report: Report | None, data: Dataset | None, data_dir: str | None) -> RunResult:
     cfg = config
     started = time.perf_counter()
     if data is None:

@@ -6,6 +6,8 @@ the trial's working folder, and reports to Tune with that folder as the checkpoi
 happen after every seed and at every intermediate evaluation (``eval_at``), each carrying the
 objective over what is known so far, so ASHA can stop a bad trial after its first seed or its
 early iterations. ``progress`` (seeds finished, fractional during a seed) is ASHA's time axis.
+Once a seed has finished, reports also carry what the set costs (``objective.COSTS``: stored
+points and floats per class, distillation seconds), the other objectives of a multi-objective search.
 
 The checkpoint holds every finished seed, so a trial restored after an interruption skips the
 seeds it already finished and never runs one twice. The dataset arrives once per worker via

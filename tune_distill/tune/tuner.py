@@ -38,6 +38,7 @@ import yaml
 
 from ..recipe.config import make_config
 from ..recipe.run import load_data
+from ..core import portable
 from ..core.errors import UserError
 from .results import (BASE_FILE, SPACE_FILE, STUDY_FILE, list_experiments, load_results, read_base, trial_folder,
                       read_space, storage_dir)
@@ -204,12 +205,21 @@ def _connect(address: str | None) -> bool:
     local = address is None and WORKER_NICENESS not in os.environ
     try:
         with _environment(WORKER_NICENESS, "0") if local else contextlib.nullcontext():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                     runtime_env=_portable_env())
     except ConnectionError as exc:
         raise UserError(f"--address {address}: cannot join a Ray cluster there ({str(exc).splitlines()[0]}); start one "
                         "with `ray start --head`, or leave --address out; a cluster with token authentication "
                         "also needs RAY_AUTH_MODE=token and its token (~/.ray/auth_token or RAY_AUTH_TOKEN)") from None
     return True
+
+
+def _portable_env() -> dict[str, Any] | None:
+    """Under ``TUNE_DISTILL_PORTABLE=1``, the same variables for every worker of the search, on
+    every node of a cluster (a worker's environment is its raylet's, not the driver's)."""
+    if not portable.requested():
+        return None
+    return {"env_vars": {portable.VARIABLE: "1", **portable.LIBRARIES}}
 
 
 def _reachable(address: str | None, timeout_s: float = 5.0) -> None:
