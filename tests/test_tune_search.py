@@ -61,7 +61,8 @@ def test_small_search_results_export_report(ray_cluster, mnist_dir, tmp_path, ca
     df = load_results("small", storage=tmp_path)
     assert list(df.columns) == [
         "trial", "trial_id", "status", "depth", "lr", "matching", "seeds_done", "acc_seed0", "acc_seed1", "acc_mean", "acc_std",
-        "acc_min", "objective", "best_seed", "seconds", "node", "split", "synthetic", "error", "trial_dir"]
+        "acc_min", "objective", "pareto", "best_seed", "seconds", "distill_seconds", "stored_points", "stored_floats", "node",
+        "split", "synthetic", "error", "trial_dir"]
     assert df["trial"].tolist() == [1, 2, 3] and (df["status"] == "done").all()
     assert (df["seeds_done"] == 2).all() and df["trial_id"].is_unique
     assert df["matching"].isin(["gradient", "distribution"]).all() and df["objective"].dtype == float

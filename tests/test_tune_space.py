@@ -158,7 +158,7 @@ def test_leaderboard_ranks_trials_with_more_seeds_first():
               for t, a in seeds.items() if a]
     assert Progress(4, 2, "max").best(trials).startswith("#1 ")
     # Mode min: the lowest objective among the trials with the most seeds.
-    df.attrs["space"] = {"search": {"mode": "min"}}
+    df.attrs["mode"] = "min"  # load_results sets it: the accuracy objective's mode
     assert leaderboard(df)["trial"].tolist() == [3, 1, 2]
     assert Progress(4, 2, "min").best(trials).startswith("#3 ")
 
@@ -177,7 +177,8 @@ def test_unknown_experiment_names_are_one_line_errors_listing_what_exists(tmp_pa
     df = load_results("started", storage=storage)
     assert df.empty and list(df.columns) == [
         "trial", "trial_id", "status", "depth", "seeds_done", "acc_seed0", "acc_seed1", "acc_mean", "acc_std",
-        "acc_min", "objective", "best_seed", "seconds", "node", "split", "synthetic", "error", "trial_dir"]
+        "acc_min", "objective", "pareto", "best_seed", "seconds", "distill_seconds", "stored_points", "stored_floats",
+        "node", "split", "synthetic", "error", "trial_dir"]
     # config=True: after those, a config/<key> column for every key of the trial's full config
     full = load_results("started", storage=storage, config=True)
     assert full.empty and list(full.columns) == [*df.columns, *(f"config/{k}" for k in space.base_values())]

@@ -216,16 +216,16 @@ def cmd_search(args: argparse.Namespace) -> int:
         space = load_space(args.space, overrides)
     name = args.name or Path(args.space).stem
     outcome = search(space, name=name, storage=args.storage, data_dir=args.data_dir, address=args.address,
-                     resume=args.resume)
+                     resume=args.resume, mlflow=args.mlflow)
     df = outcome.results
     counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()) or "no trials"
     ran = f"in {outcome.seconds:.0f} s" if outcome.seconds else "(nothing left to run)"
     print(f"\n{name}: {len(df)} of {outcome.total} trials ({counts}) {ran}")
-    from .tune.results import leaderboard
+    from .tune.results import leaderboard, pareto_trials
 
-    best = leaderboard(df, 5)
+    best = pareto_trials(df) if space.search.multi else leaderboard(df, 5)
     if not best.empty:
-        print("best trials (accuracies in %):")
+        print("the front, cheapest first (accuracies in %):" if space.search.multi else "best trials (accuracies in %):")
         print(_table(best, df.attrs["params"]))
     storage = f" --storage {args.storage}" if args.storage else ""
     if outcome.interrupted:
@@ -256,8 +256,10 @@ def _percent(df: Any, params: list[str], group: bool = False, columns: list[str]
     if group:
         shown[["mean", "std"]] = (100 * shown[["mean", "std"]]).round(2)
         return shown
+    # A multi-objective search shows its costs and which trials are on the front.
+    costs = [c for c, _ in df.attrs.get("objectives", []) if c != "objective"]
     cols = columns or ["trial", "status", *params, "seeds_done", "acc_mean", "acc_std", "acc_min", "objective",
-                       "seconds", "node"]
+                       *([*costs, "pareto"] if costs else []), "seconds", "node"]
     if columns is None and shown["error"].notna().any():
         cols.append("error")
     shown = shown[cols]
@@ -289,7 +291,8 @@ def _chosen_columns(df: Any, wanted: str) -> list[str]:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from .tune.results import config_columns, filter_rows, group_objective, leaderboard, load_results, to_markdown
+    from .tune.results import (config_columns, filter_rows, group_objective, leaderboard, load_results, pareto_trials,
+                               to_markdown)
 
     df = load_results(args.name, args.storage, config=True)  # config/<key> columns for --columns/--where/--group-by
     params = df.attrs["params"]
@@ -300,12 +303,14 @@ def cmd_results(args: argparse.Namespace) -> int:
     if group and columns:
         raise UserError("--columns chooses the trials' columns; under --group-by each row is a group "
                         "(its columns, then mean, std, count); drop one")
+    if group and args.pareto:
+        raise UserError("--pareto lists trials, --group-by groups them; drop one")
     if group:
         out = group_objective(df, group)
     else:
-        scored = leaderboard(df)
+        scored = pareto_trials(df) if args.pareto else leaderboard(df)
         out = scored.head(args.top) if args.top else scored
-        if not args.top:  # every trial: the unscored (errored, pending) after the ranked ones
+        if not args.top and not args.pareto:  # every trial: the unscored (errored, pending) after the ranked ones
             out = df.loc[list(scored.index) + [i for i in df.index if i not in scored.index]]
         # csv and json: every column but the full config's (config/<key>), unless --columns says
         out = out[columns] if columns else out.drop(columns=config_columns(df))
@@ -317,10 +322,13 @@ def cmd_results(args: argparse.Namespace) -> int:
         print(to_markdown(_percent(out, params, bool(group), columns)))
     else:
         if out.empty:
-            print("no trials match" if args.where else "no trials yet")
+            print("no trials match" if args.where or args.pareto else "no trials yet")
         else:
-            print(("objective per group (in %):\n" if group else "accuracies in %:\n")
-                  + _table(out, params, bool(group), columns))
+            head = "objective per group (in %):\n" if group else "accuracies in %:\n"
+            if args.pareto:
+                objectives = ", ".join(f"{c} ({m})" for c, m in df.attrs["objectives"])
+                head = f"the front: finished trials no other beats in every objective, {objectives}; accuracies in %:\n"
+            print(head + _table(out, params, bool(group), columns))
     return 0
 
 
@@ -438,11 +446,17 @@ def _add_search_commands(sub: Any) -> None:
     p.add_argument("--storage", metavar="DIR", help=storage_help)
     p.add_argument("--resume", action="store_true", help="resume the experiment --name (error if it does not exist)")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the dataset's files (else $TUNE_DISTILL_DATA, else a cache)")
+    p.add_argument("--mlflow", metavar="URI",
+                   help="log every trial as an MLflow run (config, per-seed accuracies, objectives, synthetic sets) "
+                        "to a tracking server (http://host:5000), an MLflow URI, or a folder (its mlflow.db)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("results", help="an experiment's trials as a table (or csv/json/markdown)")
     p.add_argument("name", help="experiment name (or folder)")
     p.add_argument("--top", type=int, help="only the K best trials")
+    p.add_argument("--pareto", action="store_true",
+                   help="only the trials on the front of the space's objectives (e.g. accuracy against stored "
+                        "points), cheapest first")
     p.add_argument("--group-by", metavar="COL[,COL]", help="mean/std/count of the objective per group")
     p.add_argument("--where", metavar="EXPR",
                    help="filter rows, pandas query syntax, e.g. \"depth == 2 and status == 'done'\" or "
@@ -544,6 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``tune-distill``; returns the exit status."""
+    from .core import portable
+
+    portable.environment()  # TUNE_DISTILL_PORTABLE=1: before torch computes anything (and before Ray's workers start)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..core.cache import cache_path, cached
+from ..core import portable
 from ..core.errors import UserError
 from ..core.seeding import stream
 from ..core.types import Clouds, Domain
@@ -72,12 +73,23 @@ class RunResult:
     def acc_std(self) -> float:
         return float(np.std(self.accuracies))
 
+    @property
+    def stored_points(self) -> float:
+        """Points the synthetic set stores per class (``ipc x points`` for a distilled set)."""
+        return float(self.points.shape[0] * self.points.shape[1] / len(np.unique(self.labels)))
+
+    @property
+    def stored_floats(self) -> float:
+        """Floats the synthetic set stores per class: every stored coordinate (3 per point)."""
+        return float(self.points.size / len(np.unique(self.labels)))
+
     def metrics(self) -> dict:
         """The summary written to ``metrics.json`` and reported to Tune."""
         out = {
             "acc_mean": self.acc_mean, "acc_std": self.acc_std, "accuracies": list(self.accuracies),
             "split": self.split, "seconds": self.seconds, "distill_seconds": self.distill_seconds,
             "eval_seconds": self.eval_seconds, "evaluations": self.evaluations,
+            "stored_points": self.stored_points, "stored_floats": self.stored_floats,
         }
         for name, accs in self.other_accuracies.items():
             out[f"{name}_acc_mean"] = float(np.mean(accs))
@@ -231,8 +243,14 @@ def run(config: Config, report: Report | None = None, data: Dataset | None = Non
     progress (``eval_done`` of ``eval_total`` models).
 
     Pass ``data`` to reuse a loaded dataset (it must match the config's dataset options); the
-    same config and seed give the same points and accuracies on CPU.
+    same config and seed give the same points and accuracies on one CPU, and on any x86-64 CPU
+    under ``TUNE_DISTILL_PORTABLE=1`` (``core.portable``).
     """
+    with portable.arithmetic():
+        return _run(config, report, data, data_dir)
+
+
+def _run(config: Config, report: Report | None, data: Dataset | None, data_dir: str | None) -> RunResult:
     cfg = config
     started = time.perf_counter()
     if data is None:

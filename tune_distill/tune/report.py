@@ -9,6 +9,9 @@ Writes into ``<out>`` (default ``<experiment>/report/``):
   from the results for any algorithm (grid and random too);
 - ``seeds.png``: the accuracy of every seed of the best trials, with their mean and std, which
   shows how much of a difference between trials is seed noise;
+- ``frontier.png`` (multi-objective searches): accuracy against the first cost objective (e.g.
+  stored points per class), one point per finished trial, the Pareto front joined, each front
+  point labelled with how its class is stored (clouds x points per cloud);
 - ``summary.md``: counts, the best trial, the leaderboard, the objective per hyperparameter value,
   the importances and the errors.
 """
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .results import group_objective, leaderboard, load_results, param_column, to_markdown
+from .results import group_objective, leaderboard, load_results, pareto_trials, param_column, to_markdown
 from .space import SearchSpace, space_from_dict
 from .util import quiet_loggers
 
@@ -49,7 +52,7 @@ def importances(df: pd.DataFrame, space: SearchSpace) -> dict[str, float]:
     dists = {p: space.params[p].to_optuna() for p in varying}
     with quiet_loggers(("optuna",)), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. "quantiles select the same set of trials" for tiny studies
-        study = optuna.create_study(direction="maximize" if space.search.mode == "max" else "minimize",
+        study = optuna.create_study(direction="maximize" if space.search.accuracy_mode == "max" else "minimize",
                                     storage=optuna.storages.InMemoryStorage())
         for _, row in scored.iterrows():
             params = {p: _native(row[param_column(p)]) for p in varying}
@@ -115,7 +118,7 @@ def plot_objective_by_param(df: pd.DataFrame, space: SearchSpace, path: Path) ->
                 ax.set_xscale("log")
                 ax.xaxis.set_minor_formatter(NullFormatter())  # labels on decades only: readable
         ax.set_xlabel(p)
-        ax.set_ylabel(f"objective ({space.search.objective}) %")
+        ax.set_ylabel(f"objective ({space.search.accuracy}) %")
         ax.grid(alpha=0.3)
     fig.suptitle("objective per hyperparameter")
     fig.tight_layout()
@@ -152,6 +155,42 @@ def plot_seeds(df: pd.DataFrame, path: Path) -> None:
     fig.savefig(path)
 
 
+def storage_label(row: pd.Series) -> str:
+    """How a trial stores a class: ``<clouds>x<points per cloud>`` (``ipc * cloud_split`` clouds
+    of ``points / cloud_split`` points), from its ``config/`` columns; ``distilled`` when its
+    points were learned (iterations), else it is a selection of real shapes."""
+    ipc, split, points = (int(row[f"config/{k}"]) for k in ("ipc", "cloud_split", "points"))
+    learned = row["config/iterations"] + row.get("config/tm_iterations", 0)
+    return f"{ipc * split}x{points // split}" + (" distilled" if learned else "")
+
+
+def plot_frontier(df: pd.DataFrame, space: SearchSpace, path: Path) -> None:
+    """Accuracy against the first cost objective: every finished trial, the front joined and labelled."""
+    x_col = next(c for c, _ in df.attrs["objectives"] if c != "objective")
+    done = df[(df["status"] == "done") & df[x_col].notna() & df["objective"].notna()]
+    front = pareto_trials(df)
+    fig = _figure(7, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.scatter(done[x_col], 100 * done["objective"], s=18, color="tab:gray", alpha=0.6, label="trial")
+    ax.plot(front[x_col], 100 * front["objective"], "-o", color="tab:red", markersize=5, label="Pareto front")
+    labels: dict[tuple[float, float], list[str]] = {}  # trials at one spot share one label
+    for _, row in front.iterrows():
+        labels.setdefault((row[x_col], 100 * row["objective"]), []).append(storage_label(row))
+    for spot, names in labels.items():
+        ax.annotate(" / ".join(dict.fromkeys(names)), spot, textcoords="offset points", xytext=(5, -10), fontsize=7)
+    values = done[x_col].to_numpy(dtype=float)
+    if len(values) and values.min() > 0 and values.max() / values.min() > 8:
+        ax.set_xscale("log")
+    ax.set_xlabel(x_col.replace("_", " ") + (" per class" if x_col.startswith("stored") else ""))
+    split = df["split"].iloc[0] if len(df) else "test"
+    ax.set_ylabel(f"{space.search.accuracy} ({split}) %")
+    ax.set_title(f"{Path(df.attrs['experiment']).name}: accuracy against {x_col.replace('_', ' ')}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def _pct(v: Any) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * float(v):.2f}"
 
@@ -161,8 +200,10 @@ def write_summary(df: pd.DataFrame, space: SearchSpace, imps: dict[str, float], 
     s = space.search
     counts = ", ".join(f"{n} {st}" for st, n in df["status"].value_counts().items()) or "none"
     lines = [f"# Search report: {name}", "",
-             f"- space: algorithm **{s.algorithm}**, objective **{s.objective}**"
-             + (f" (k = {s.robust_k:g})" if s.objective == "robust" else "")
+             f"- space: algorithm **{s.algorithm}**, objective **{s.accuracy}**"
+             + (f" (k = {s.robust_k:g})" if s.accuracy == "robust" else "")
+             + (f" against {', '.join(f'{o} ({m})' for o, m in zip(s.objectives, s.modes) if o != s.accuracy)}"
+                if s.multi else "")
              + f", {s.seeds} seeds per trial {space.seeds}, scheduler {s.scheduler}",
              f"- base: preset {space.base.preset}, fixed {space.base.set or '{}'}",
              f"- trials: {len(df)} of {space.num_trials} ({counts}); compute {df['seconds'].sum():.0f} s "
@@ -182,6 +223,15 @@ def write_summary(df: pd.DataFrame, space: SearchSpace, imps: dict[str, float], 
         for c in ("acc_mean", "acc_std", "acc_min", "objective"):
             table[c] = (100 * table[c]).round(2)
         lines += ["## Leaderboard (top 10, accuracies in %)", "", to_markdown(table), ""]
+        if s.multi:
+            front = pareto_trials(df)
+            costs = [c for c, _ in df.attrs["objectives"] if c != "objective"]
+            table = front[["trial", *map(param_column, params), *costs, "acc_mean", "acc_std", "objective"]].copy()
+            table.insert(1, "stored as", [storage_label(r) for _, r in front.iterrows()])
+            for c in ("acc_mean", "acc_std", "objective"):
+                table[c] = (100 * table[c]).round(2)
+            lines += ["## Pareto front (finished trials no other beats in every objective; accuracies in %)", "",
+                      to_markdown(table), ""]
         lines += ["## Objective per hyperparameter value (mean, std, count; in %)", "",
                   "Ranges are split into terciles. *explains* is the share of the objective's variance "
                   "across trials that the groups account for (eta squared; confounded when the search "
@@ -219,7 +269,7 @@ def report(name_or_path: str | os.PathLike, out: str | os.PathLike | None = None
     Raises:
         UserError: no such experiment.
     """
-    df = load_results(name_or_path, storage)
+    df = load_results(name_or_path, storage, config=True)  # config/<key>: how each trial stores a class
     space = space_from_dict(df.attrs["space"])
     out_dir = Path(out) if out is not None else Path(df.attrs["experiment"]) / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -230,6 +280,9 @@ def report(name_or_path: str | os.PathLike, out: str | os.PathLike | None = None
             images.append("objective_by_param.png")
         plot_seeds(df, out_dir / "seeds.png")
         images.append("seeds.png")
+        if space.search.multi:
+            plot_frontier(df, space, out_dir / "frontier.png")
+            images.insert(0, "frontier.png")
     imps = importances(df, space)
     if imps:
         plot_importances(imps, out_dir / "importances.png")

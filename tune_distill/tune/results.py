@@ -18,9 +18,14 @@ The DataFrame's columns, in order:
 ``seeds_done``     seeds finished
 ``acc_seed<i>``    accuracy of the i-th seed (mean over its evaluation models); NaN if not run
 ``acc_mean``       mean over finished seeds; ``acc_std`` their (population) std; ``acc_min``
-``objective``      the space's objective (acc_mean, robust or acc_min) over finished seeds
+``objective``      the space's accuracy objective (acc_mean, robust or acc_min) over finished seeds
+``pareto``         True for a finished trial no other finished trial dominates in every objective
+                   of the space (``objective`` and its costs; with one objective: the best trials)
 ``best_seed``      the seed whose synthetic set scored best
 ``seconds``        wall-clock seconds of the finished seeds' runs
+``distill_seconds``  mean distillation seconds of a finished seed
+``stored_points``  points the synthetic set stores per class (ipc x points);
+``stored_floats``  floats it stores per class (3 per point)
 ``node``           where the finished seeds ran: ``<node ip>/<first 8 hex digits of the Ray
                    node id>``, several comma-separated when a lost node moved the trial
 ``split``          where accuracies were measured: ``test`` or ``val``
@@ -50,12 +55,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from ..core.errors import UserError
 from ..recipe.config import Config
-from .objective import summarize
+from .objective import costs, metric_name, pareto_mask, summarize
 from .space import SearchSpace, space_from_dict
 
 DEFAULT_STORAGE = "results"
@@ -73,8 +79,9 @@ STATE_FILE = "trial.json"  # written by the trainable into every checkpoint
 
 CONFIG_PREFIX = "config/"  # the full config's columns (load_results(config=True)), as in Ray Tune's DataFrames
 FIXED_COLUMNS = ["trial", "trial_id", "status"]
-SUMMARY_COLUMNS = ["seeds_done", "acc_mean", "acc_std", "acc_min", "objective", "best_seed", "seconds",
-                   "node", "split", "synthetic", "error", "trial_dir"]
+SUMMARY_COLUMNS = ["seeds_done", "acc_mean", "acc_std", "acc_min", "objective", "pareto", "best_seed", "seconds",
+                   "distill_seconds", "stored_points", "stored_floats", "node", "split", "synthetic", "error",
+                   "trial_dir"]
 URI_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
@@ -248,8 +255,9 @@ def load_results(name_or_path: str | os.PathLike, storage: str | os.PathLike | N
     Returns:
         A DataFrame ordered by trial number; ``df.attrs`` holds ``experiment`` (the folder),
         ``space`` (the space as a mapping), ``params`` (the hyperparameter columns, in the
-        order of the space's keys) and ``config`` (the ``config/<key>`` columns; empty unless
-        ``config``).
+        order of the space's keys), ``config`` (the ``config/<key>`` columns; empty unless
+        ``config``), ``objectives`` (the columns of the space's objectives with their modes,
+        ``[(column, mode), ...]``) and ``mode`` (the accuracy objective's).
 
     Raises:
         UserError: no such experiment (the message lists those that exist).
@@ -270,7 +278,7 @@ def load_results(name_or_path: str | os.PathLike, storage: str | os.PathLike | N
         trial_dir = exp_dir / trial_folder(trial_id)
         ckpt, state = latest_state(trial_dir)
         finished = state.get("finished", [])
-        summary = summarize([f["acc"] for f in finished], space.search.objective, space.search.robust_k)
+        summary = summarize([f["acc"] for f in finished], space.search.accuracy, space.search.robust_k)
         row: dict[str, Any] = {"trial": number, "trial_id": trial_id,
                                "status": _status(tune_status, len(finished), n_seeds)}
         row.update({param_column(p): trial_params.get(p) for p in params})
@@ -281,6 +289,7 @@ def load_results(name_or_path: str | os.PathLike, storage: str | os.PathLike | N
         best = max(finished, key=lambda f: f["acc"]) if finished else None
         row["best_seed"] = best["seed"] if best else None
         row["seconds"] = float(sum(f["seconds"] for f in finished))
+        row.update(costs(finished))
         row["node"] = node_label(finished)
         row["split"] = split
         row["synthetic"] = str(ckpt / best["dir"] / "synthetic.npz") if best and ckpt else None
@@ -295,8 +304,26 @@ def load_results(name_or_path: str | os.PathLike, storage: str | os.PathLike | N
                + SUMMARY_COLUMNS[1:] + config_cols)
     df = pd.DataFrame(rows, columns=columns)
     df = df.sort_values("trial", kind="stable").reset_index(drop=True)
-    df.attrs.update(experiment=str(exp_dir), space=space.to_dict(), params=param_columns, config=config_cols)
+    objectives = [(metric_name(o), m) for o, m in zip(space.search.objectives, space.search.modes)]
+    done = (df["status"] == "done").to_numpy()
+    values = df[[c for c, _ in objectives]].to_numpy(dtype=float)
+    front = np.zeros(len(df), dtype=bool)
+    front[done] = pareto_mask(values[done], [m for _, m in objectives])
+    df["pareto"] = front
+    df.attrs.update(experiment=str(exp_dir), space=space.to_dict(), params=param_columns, config=config_cols,
+                    objectives=objectives, mode=space.search.accuracy_mode)
     return df
+
+
+def pareto_trials(df: pd.DataFrame) -> pd.DataFrame:
+    """The trials on the front (``pareto``), along it: by the first cost objective, cheapest first
+    (with one objective: the best trials, in trial order)."""
+    front = df[df["pareto"].astype(bool)]
+    costs_ = [(c, m) for c, m in df.attrs.get("objectives", []) if c != "objective"]
+    if costs_:
+        column, mode = costs_[0]
+        front = front.sort_values([column, "trial"], ascending=[mode == "min", True], kind="stable")
+    return front
 
 
 def rank_key(seeds_done: int, objective: float, sign: float) -> tuple[int, float]:
@@ -312,7 +339,7 @@ def rank_key(seeds_done: int, objective: float, sign: float) -> tuple[int, float
 
 def leaderboard(df: pd.DataFrame, top: int | None = None) -> pd.DataFrame:
     """Trials with an objective, best first (``rank_key``), optionally the first ``top``."""
-    sign = 1.0 if df.attrs.get("space", {}).get("search", {}).get("mode", "max") == "max" else -1.0
+    sign = 1.0 if df.attrs.get("mode", "max") == "max" else -1.0
     scored = df[df["objective"].notna()]
     # sorted() is stable with reverse=True: equal trials keep their trial order.
     order = sorted(scored.index, key=lambda i: rank_key(scored.at[i, "seeds_done"], scored.at[i, "objective"], sign),
@@ -328,7 +355,7 @@ def group_objective(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
         raise UserError(f"--group-by: no column {missing[0]!r}; columns: {column_list(df)}")
     scored = df[df["objective"].notna()]
     grouped = scored.groupby(by, dropna=False)["objective"].agg(["mean", "std", "count"]).reset_index()
-    mode = df.attrs.get("space", {}).get("search", {}).get("mode", "max")
+    mode = df.attrs.get("mode", "max")
     return grouped.sort_values("mean", ascending=(mode == "min"), kind="stable").reset_index(drop=True)
 
 

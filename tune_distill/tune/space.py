@@ -13,6 +13,8 @@ A search space file has three sections (every shipped file repeats this in its h
     search:                     # how the search runs (all optional, defaults shown in Settings)
       algorithm: optuna         # optuna (TPE) | grid | random
       objective: robust         # acc_mean | robust (acc_mean - robust_k * acc_std) | acc_min
+                                # or a list: one of those and costs, e.g. [acc_mean, stored_points]
+                                # with mode: [max, min] (a multi-objective search, see docs/search.md)
       num_samples: 8
       seeds: 2
       ...
@@ -31,10 +33,11 @@ import math
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..recipe.config import PRESETS, Config, make_config, read_yaml
 from ..core.errors import UserError
+from .objective import COSTS, OBJECTIVES, metric_name
 
 MAX_SEED = 2**31 - 1  # Config.seed's upper bound
 # Config keys a space may not search: the seed is set per trial from the experiment seed, and
@@ -164,9 +167,12 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     algorithm: Literal["optuna", "grid", "random"] = "optuna"
-    objective: Literal["acc_mean", "robust", "acc_min"] = "acc_mean"
+    objective: str | list[str] = Field("acc_mean", description="an accuracy objective (acc_mean, robust, acc_min), "
+                                       "or a list of one and costs (stored_points, stored_floats, distill_seconds)")
     robust_k: float = Field(1.0, ge=0, le=100, description="robust = acc_mean - robust_k * acc_std")
-    mode: Literal["max", "min"] = "max"
+    mode: str | list[str] = Field("max", description="max or min, one per objective")
+    sampler: Literal["tpe", "nsga2"] = Field("tpe", description="optuna: TPE (single- or multi-objective) or "
+                                             "NSGA-II (multi-objective)")
     num_samples: int | None = Field(None, ge=1, le=100_000, description="trials (grid: every cell once)")
     seeds: int = Field(3, ge=1, le=100, description="seeds each trial runs its config over")
     scheduler: Literal["fifo", "asha"] = "fifo"
@@ -177,6 +183,61 @@ class Settings(BaseModel):
                                            "one has finished, so proposals never depend on which trial ends first")
     time_budget_s: float | None = Field(None, gt=0, description="end the search after this many seconds")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="the experiment seed")
+
+    @field_validator("objective")
+    @classmethod
+    def _known_objectives(cls, value: str | list[str]) -> str | list[str]:
+        names = [value] if isinstance(value, str) else value
+        allowed = OBJECTIVES + COSTS
+        for name in names:
+            if name not in allowed:
+                close = difflib.get_close_matches(name, allowed, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"one of: {', '.join(allowed)}"
+                raise ValueError(f"unknown objective {name!r}; {hint}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"objective names {names} repeat one")
+        accuracies = [n for n in names if n in OBJECTIVES]
+        if len(accuracies) != 1:
+            raise ValueError(f"name exactly one accuracy objective ({', '.join(OBJECTIVES)}) and any costs "
+                             f"({', '.join(COSTS)}), e.g. [acc_mean, stored_points]")
+        return value
+
+    @field_validator("mode")
+    @classmethod
+    def _known_modes(cls, value: str | list[str]) -> str | list[str]:
+        bad = [m for m in ([value] if isinstance(value, str) else value) if m not in ("max", "min")]
+        if bad:
+            raise ValueError(f"mode must be max or min, one per objective (got {bad[0]!r})")
+        return value
+
+    # Derived ------------------------------------------------------------------------------
+    @property
+    def objectives(self) -> list[str]:
+        """The objectives as a list (one for a single-objective search)."""
+        return [self.objective] if isinstance(self.objective, str) else list(self.objective)
+
+    @property
+    def modes(self) -> list[str]:
+        """``max`` or ``min`` per objective."""
+        return [self.mode] if isinstance(self.mode, str) else list(self.mode)
+
+    @property
+    def metrics(self) -> list[str]:
+        """The reported metrics the searcher optimises, in the order of ``objectives``."""
+        return [metric_name(o) for o in self.objectives]
+
+    @property
+    def multi(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def accuracy(self) -> str:
+        """The accuracy objective (acc_mean, robust or acc_min): the ``objective`` column."""
+        return next(o for o in self.objectives if o in OBJECTIVES)
+
+    @property
+    def accuracy_mode(self) -> str:
+        return self.modes[self.objectives.index(self.accuracy)]
 
 
 class SearchSpace(BaseModel):
@@ -409,6 +470,16 @@ def _check_cells(space: SearchSpace, base: dict[str, Any]) -> None:
 
 def _check_settings(space: SearchSpace) -> None:
     s = space.search
+    if len(s.modes) != len(s.objectives):
+        example = ", ".join("max" if o in OBJECTIVES else "min" for o in s.objectives)
+        raise UserError(f"search.mode: give one mode per objective {s.objectives}, e.g. mode: [{example}] "
+                        f"(got {s.mode!r})")
+    if s.multi and s.scheduler == "asha":
+        raise UserError("search.scheduler: asha stops trials by one metric; a multi-objective search needs "
+                        "scheduler: fifo")
+    if s.sampler == "nsga2" and s.algorithm != "optuna":
+        raise UserError(f"search.sampler: nsga2 is an optuna sampler; algorithm {s.algorithm} takes no sampler "
+                        "(remove sampler)")
     if s.algorithm == "grid":
         not_choice = [k for k, d in space.params.items() if d.kind != "choice"]
         if not_choice:

@@ -6,6 +6,8 @@ the trial's working folder, and reports to Tune with that folder as the checkpoi
 happen after every seed and at every intermediate evaluation (``eval_at``), each carrying the
 objective over what is known so far, so ASHA can stop a bad trial after its first seed or its
 early iterations. ``progress`` (seeds finished, fractional during a seed) is ASHA's time axis.
+Once a seed has finished, reports also carry what the set costs (``objective.COSTS``: stored
+points and floats per class, distillation seconds), the other objectives of a multi-objective search.
 
 The checkpoint holds every finished seed, so a trial restored after an interruption skips the
 seeds it already finished and never runs one twice. The dataset arrives once per worker via
@@ -41,7 +43,7 @@ from ..recipe.artifacts import save_run
 from ..recipe.config import make_config
 from ..core.types import Dataset
 from ..recipe.run import run
-from .objective import summarize
+from .objective import costs, summarize
 from .results import STATE_FILE, trial_folder
 
 RUNS_LOG = "seed_runs.jsonl"  # in the trial folder: one line per seed run that finished
@@ -54,7 +56,7 @@ class TrialPlan:
 
     base: dict[str, Any]  # the full resolved base config (preset + base.set)
     seeds: tuple[int, ...]
-    objective: str
+    objective: str  # the accuracy objective (acc_mean, robust or acc_min)
     robust_k: float
     threads: int  # torch threads per trial: its CPU share, at least 1
     experiment_dir: str | None = None  # where trial folders live (trial_<id>/checkpoint_*)
@@ -91,7 +93,8 @@ def trial_metrics(plan: TrialPlan, finished: list[dict], progress: float, partia
     out["seeds_done"] = len(finished)
     out["progress"] = progress
     out["seconds"] = float(sum(f["seconds"] for f in finished))
-    if finished:
+    if finished:  # what the set costs (a multi-objective search's other objectives) is known after a seed
+        out.update(costs(finished))
         best = max(finished, key=lambda f: f["acc"])
         out["best_seed"] = best["seed"]
     return out
@@ -233,7 +236,8 @@ def _train(params: dict[str, Any], data: Dataset, plan: TrialPlan) -> None:
             save_run(result, work / seed_dir(index))
             finished.append({"index": index, "seed": seed, "acc": result.acc_mean,
                              "accuracies": list(result.accuracies), "seconds": result.seconds,
-                             "dir": seed_dir(index), **labels})
+                             "distill_seconds": result.distill_seconds, "stored_points": result.stored_points,
+                             "stored_floats": result.stored_floats, "dir": seed_dir(index), **labels})
             (work / STATE_FILE).write_text(json.dumps({"params": params, "seeds": list(plan.seeds),
                                                        "finished": finished}, indent=1))
             tune.report({**trial_metrics(plan, finished, float(len(finished))), **labels},

@@ -38,6 +38,7 @@ import yaml
 
 from ..recipe.config import make_config
 from ..recipe.run import load_data
+from ..core import portable
 from ..core.errors import UserError
 from .results import (BASE_FILE, SPACE_FILE, STUDY_FILE, list_experiments, load_results, read_base, trial_folder,
                       read_space, storage_dir)
@@ -112,13 +113,20 @@ def _searcher(space: SearchSpace, name: str, exp_dir: Path) -> tuple[Any, dict[s
 
         from .raystate import ResumableOptunaSearch
 
-        # TPE starts with random samples; with a small budget, start modelling sooner.
-        # constant_liar keeps concurrent trials from being suggested the same point.
+        # TPE starts with random samples (NSGA-II with a random generation); with a small budget,
+        # start modelling sooner. constant_liar keeps concurrent trials from being suggested the
+        # same point. Both samplers handle several objectives (TPE via MOTPE).
         startup = max(2, min(10, space.num_trials // 3))
-        sampler = optuna.samplers.TPESampler(seed=space.searcher_seed, n_startup_trials=startup, constant_liar=True)
+        if s.sampler == "nsga2":
+            sampler = optuna.samplers.NSGAIISampler(seed=space.searcher_seed, population_size=startup)
+        else:
+            sampler = optuna.samplers.TPESampler(seed=space.searcher_seed, n_startup_trials=startup,
+                                                 constant_liar=True)
         storage = optuna.storages.RDBStorage(study_url(exp_dir))
-        searcher = ResumableOptunaSearch(space={key: d.to_optuna() for key, d in space.params.items()}, metric="objective", mode=s.mode,
-                                         sampler=sampler, storage=storage, study_name=name)
+        # Ray passes a list of metrics and modes to Optuna as a multi-objective study.
+        metric, mode = (s.metrics, s.modes) if s.multi else ("objective", s.mode)
+        searcher = ResumableOptunaSearch(space={key: d.to_optuna() for key, d in space.params.items()}, metric=metric,
+                                         mode=mode, sampler=sampler, storage=storage, study_name=name)
         if s.concurrency:
             # With batch, TPE is told of a batch's trials only when all have ended, and asked for
             # the next batch only then: what it proposes no longer depends on which ends first.
@@ -150,7 +158,7 @@ def _trainable(space: SearchSpace, base: dict[str, Any], data: Any, exp_dir: Pat
     from .trainable import TrialPlan, train_trial
 
     r = space.search.resources
-    plan = TrialPlan(base=base, seeds=tuple(space.seeds), objective=space.search.objective,
+    plan = TrialPlan(base=base, seeds=tuple(space.seeds), objective=space.search.accuracy,
                      robust_k=space.search.robust_k, threads=max(1, int(r.cpus)), experiment_dir=str(exp_dir))
     resources = {"cpu": r.cpus, "gpu": gpus}
     return tune.with_resources(tune.with_parameters(train_trial, data=data, plan=plan), resources)
@@ -161,8 +169,11 @@ def _new_tuner(space: SearchSpace, name: str, exp_dir: Path, trainable: Any, cal
 
     s = space.search
     search_alg, param_space = _searcher(space, name, exp_dir)
+    # Tune's own metric is one name; a multi-objective search leaves it to the searcher (and ASHA,
+    # which needs one, is refused for it by the space).
     tune_config = tune.TuneConfig(
-        metric="objective", mode=s.mode, search_alg=search_alg, scheduler=_scheduler(space),
+        metric=None if s.multi else "objective", mode=None if s.multi else s.mode, search_alg=search_alg,
+        scheduler=_scheduler(space),
         num_samples=1 if s.algorithm == "grid" else space.num_trials,
         max_concurrent_trials=None,  # _searcher limits every search algorithm itself
         time_budget_s=s.time_budget_s, reuse_actors=True,
@@ -194,12 +205,21 @@ def _connect(address: str | None) -> bool:
     local = address is None and WORKER_NICENESS not in os.environ
     try:
         with _environment(WORKER_NICENESS, "0") if local else contextlib.nullcontext():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                     runtime_env=_portable_env())
     except ConnectionError as exc:
         raise UserError(f"--address {address}: cannot join a Ray cluster there ({str(exc).splitlines()[0]}); start one "
                         "with `ray start --head`, or leave --address out; a cluster with token authentication "
                         "also needs RAY_AUTH_MODE=token and its token (~/.ray/auth_token or RAY_AUTH_TOKEN)") from None
     return True
+
+
+def _portable_env() -> dict[str, Any] | None:
+    """Under ``TUNE_DISTILL_PORTABLE=1``, the same variables for every worker of the search, on
+    every node of a cluster (a worker's environment is its raylet's, not the driver's)."""
+    if not portable.requested():
+        return None
+    return {"env_vars": {portable.VARIABLE: "1", **portable.LIBRARIES}}
 
 
 def _reachable(address: str | None, timeout_s: float = 5.0) -> None:
@@ -269,7 +289,8 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
 
 # The search ----------------------------------------------------------------------------------
 def search(space: SearchSpace, *, name: str, storage: str | Path | None = None, data_dir: str | Path | None = None,
-           address: str | None = None, resume: bool = False, progress: bool = True) -> SearchOutcome:
+           address: str | None = None, resume: bool = False, progress: bool = True,
+           mlflow: str | None = None) -> SearchOutcome:
     """Run (or resume) the experiment ``<storage>/<name>`` and return its results.
 
     Args:
@@ -284,6 +305,9 @@ def search(space: SearchSpace, *, name: str, storage: str | Path | None = None, 
             of this process, else a new local cluster.
         resume: require an existing experiment (error if there is none).
         progress: print the live progress display.
+        mlflow: log every trial as an MLflow run to this tracking URI or folder (``tracking``),
+            under an MLflow experiment named ``name``. It applies to the trials a search starts
+            with it: a resumed search keeps the callbacks it was started with.
 
     Raises:
         UserError: a bad name or storage, nothing to resume, a changed space, data that cannot be loaded,
@@ -318,6 +342,11 @@ def search(space: SearchSpace, *, name: str, storage: str | Path | None = None, 
     # Load the data before starting Ray: a missing file is a one-line error, not a failed trial.
     cfg = make_config(base)
     data = load_data(cfg, data_dir)
+    tracker = None
+    if mlflow is not None:  # a store MLflow cannot use is a one-line error before anything runs
+        from .tracking import TrialRuns
+
+        tracker = TrialRuns(mlflow, name, base)
 
     from ray import tune
 
@@ -338,9 +367,9 @@ def search(space: SearchSpace, *, name: str, storage: str | Path | None = None, 
             # Written last: its presence marks the folder as an experiment.
             (exp_dir / SPACE_FILE).write_text(yaml.safe_dump(space.to_dict(), sort_keys=False))
         trainable = _trainable(space, base, data, exp_dir, gpus)
-        callbacks = [StateBackup(), OwnErrorsAreFinal()]
+        callbacks = [StateBackup(), OwnErrorsAreFinal()] + ([tracker] if tracker else [])
         if progress:
-            callbacks.append(Progress(space.num_trials, space.search.seeds, space.search.mode))
+            callbacks.append(Progress(space.num_trials, space.search.seeds, space.search.accuracy_mode))
         if progress:
             _announce(space, name, exp_dir, restoring, gpus)
         started = time.perf_counter()
@@ -382,13 +411,18 @@ def _outcome(space: SearchSpace, name: str, exp_dir: Path, resumed: bool, second
 
 def _announce(space: SearchSpace, name: str, exp_dir: Path, restoring: bool, gpus: float) -> None:
     s = space.search
-    algo = {"optuna": f"optuna TPE (seed {s.seed})", "random": f"random (seed {s.seed})", "grid": "grid"}[s.algorithm]
-    objective = s.objective if s.objective != "robust" else f"robust (acc_mean - {s.robust_k:g} * acc_std)"
+    names = [o if o != "robust" else f"robust (acc_mean - {s.robust_k:g} * acc_std)" for o in s.objectives]
+    objective = (f"objectives {', '.join(f'{o} ({m})' for o, m in zip(names, s.modes))}" if s.multi
+                 else f"objective {names[0]}")
+    if s.algorithm == "optuna" and s.sampler == "nsga2":
+        algo = f"optuna NSGA-II (seed {s.seed})"
+    else:
+        algo = {"optuna": f"optuna TPE (seed {s.seed})", "random": f"random (seed {s.seed})", "grid": "grid"}[s.algorithm]
     conc = f"{s.concurrency} at a time" if s.concurrency else "as many at a time as resources allow"
     conc += " (proposed in batches)" if s.batch else ""
     gpu = f", {gpus:g} GPU" if gpus else ""
     print(f"{'resuming' if restoring else 'search'} {name}: {space.num_trials} trials x {s.seeds} seeds "
-          f"{space.seeds}, {algo}, {s.scheduler}, objective {objective}, {conc}, "
+          f"{space.seeds}, {algo}, {s.scheduler}, {objective}, {conc}, "
           f"{s.resources.cpus:g} CPU{gpu} per trial", flush=True)
     study = f"; study {study_url(exp_dir)}" if s.algorithm == "optuna" else ""
     print(f"experiment folder {exp_dir}{study}", flush=True)
