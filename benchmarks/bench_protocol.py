@@ -28,6 +28,7 @@ import platform
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinning OpenMP threads distort timings under load
 import torch
@@ -59,7 +60,8 @@ def matmul_peak(threads: int, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def counted(fn) -> int:
+def counted(fn: Callable[[], object]) -> int:
+    """The matrix-product FLOPs ``fn()`` runs."""
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()

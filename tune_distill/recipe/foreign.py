@@ -85,7 +85,7 @@ def read_set(path: str | Path, num_classes: int, points_key: str = "points", lab
     return np.ascontiguousarray(points, np.float32), labels
 
 
-def _open_npz(path: Path):
+def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
