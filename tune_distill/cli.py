@@ -59,7 +59,10 @@ def _fresh_out_dir(out: str | None, stem: str) -> Path:
 def _scored(cfg: Config, split: str) -> str:
     """What a printed score is: the metric, the split, the classifiers behind it."""
     metric = "balanced accuracy" if cfg.eval_metric == "balanced" else "accuracy"
-    nets = "ConvNets" if dataset_spec(cfg.dataset).evaluator == "image" else "PointNets"
+    nets = "ConvNets" if dataset_spec(cfg.dataset).evaluator == "image" else {
+        "pointnet": "PointNets", "dgcnn": "DGCNNs", "pointnet2": "PointNet++s"}[cfg.eval_net]
+    if cfg.eval_protocol:
+        nets += f", protocol {cfg.eval_protocol}"
     return f"{metric} ({split}, {cfg.eval_models} {nets} x {cfg.eval_epochs} epochs)"
 
 
@@ -136,53 +139,100 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return _run_and_save(cfg, args, f"baseline-{args.name}-ipc{cfg.ipc}-seed{cfg.seed}")
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
+def _evaluate_config(args: argparse.Namespace, folder: Path | None) -> Config:
+    """The config a set is scored under: its run's config.yaml (or --config), else the dataset's
+    full protocol; then --protocol (which replaces every evaluation key it names), --net, --set."""
+    from .recipe.config import with_protocol
 
-    from .recipe.artifacts import load_synthetic
-    from .recipe.run import evaluate_set, load_data
-    from .recipe.shipped import find_entry
-
-    path = Path(args.path)
-    folder = path if path.is_dir() else path.parent
     values: dict[str, Any] = {}
     preset = None
-    if args.config or (folder / "config.yaml").exists():
-        source = args.config or folder / "config.yaml"
+    source = args.config or (folder / "config.yaml" if folder and (folder / "config.yaml").exists() else None)
+    if source:
         values = load_config_file(source)
         preset = file_preset(values, None, f"config file {source}")
     if args.dataset:
         values["dataset"] = args.dataset
-    if not values and preset is None:
+    if not source:
         if not args.dataset:
-            raise UserError(f"{path} has no config.yaml beside it; say which data it is for with --dataset "
+            raise UserError(f"{args.path} has no config.yaml beside it; say which data it is for with --dataset "
                             f"({', '.join(DATASETS)}), or give --config")
         preset = DATASETS[args.dataset].protocol  # the protocol a bare set is scored with
+    if args.protocol:
+        values = with_protocol(values, args.protocol)
+    if args.net:
+        values["eval_net"] = args.net
     values.update(parse_assignments(args.set or []))
     if args.seed is not None:
         values["seed"] = args.seed
-    cfg = make_config(values, preset=preset)
+    return make_config(values, preset=preset)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .recipe.artifacts import load_synthetic, record_scores
+    from .recipe.foreign import read_set
+    from .recipe.run import evaluate_set, evaluator_record, load_data
+    from .recipe.shipped import find_entry
+
+    path = Path(args.path)
+    foreign = bool(args.labels or args.labels_blocks or args.points_key or args.labels_key or args.up != "z"
+                   or path.suffix == ".npy")
+    folder = path if path.is_dir() else (None if foreign else path.parent)
+    if args.record and (folder is None or not path.is_dir() or not (path / "config.yaml").exists()):
+        raise UserError(f"--record writes into a run folder's scores/; {path} is not one (a folder with config.yaml)")
+    cfg = _evaluate_config(args, folder)
+    if args.record and not cfg.eval_protocol:
+        raise UserError("--record files scores under a protocol's name: give --protocol (table, full or sadm)")
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists():
+        raise UserError(f"--out {out} already exists; choose another path (nothing was overwritten)")
     data = load_data(cfg, args.data_dir)
-    points, labels = load_synthetic(path, data=data)  # a selection is rebuilt from the data
+    if foreign:
+        points, labels = read_set(path, data.num_classes, args.points_key or "points", args.labels_key or "labels",
+                                  args.labels, args.labels_blocks, args.up)
+    else:
+        points, labels = load_synthetic(path, data=data)  # a selection is rebuilt from the data
     report, close = _progress(0, cfg.eval_models)
+    started = time.perf_counter()
     try:
-        scores = evaluate_set(cfg, points, labels, data, report)
+        scores = evaluate_set(cfg, points, labels, data, report, per_class=True)
     finally:
         close()
-    accs = scores.pop(cfg.eval_split)
-    mean, std = float(np.mean(accs)), float(np.std(accs))
-    print(f"{_scored(cfg, cfg.eval_split)}: "
-          f"{100 * mean:.2f} ± {100 * std:.2f} %  [{', '.join(f'{100 * a:.2f}' for a in accs)}]")
-    out = {"split": cfg.eval_split, "acc_mean": mean, "acc_std": std, "accuracies": accs}
-    out.update({f"{name}_accuracies": a for name, a in scores.items()})
-    print(json.dumps(out))
-    entry = find_entry(folder)
-    if entry and not (args.config or args.set or args.seed is not None):  # scored as it was when shipped
-        recorded = entry["scores"][entry["protocol"]][cfg.eval_split]
+    seconds = time.perf_counter() - started
+    names = data.class_names or tuple(map(str, range(data.num_classes)))
+    splits = [name for name in scores if "/" not in name]
+    result: dict[str, Any] = {"set": str(path), "clouds": int(points.shape[0]), "points_per_cloud": int(points.shape[1]),
+                              "split": cfg.eval_split, "seed": cfg.seed, "seconds": seconds}
+    for split in splits:
+        accs = scores[split]
+        prefix = "" if split == cfg.eval_split else f"{split}_"
+        result |= {f"{prefix}acc_mean": float(np.mean(accs)), f"{prefix}acc_std": float(np.std(accs)),
+                   f"{prefix}accuracies": accs}
+        per_class = {names[int(k.split("/")[1])]: float(np.mean(a)) for k, a in scores.items() if k.startswith(split + "/")}
+        result[f"{split}_per_class"] = per_class
+        print(f"{_scored(cfg, split)}: {100 * np.mean(accs):.2f} ± {100 * np.std(accs):.2f} %  "
+              f"[{', '.join(f'{100 * a:.2f}' for a in accs)}]")
+        print("  per class: " + ", ".join(f"{c} {100 * a:.1f}" for c, a in per_class.items()))
+    result["evaluator"] = evaluator_record(cfg)
+    print(f"time: {seconds:.1f} s")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        print(f"wrote {out}")
+    same = None
+    if args.record:
+        target, same = record_scores(path, f"{cfg.eval_protocol}-{cfg.eval_net}", result)
+        print(f"recorded {target}" if same is None else
+              f"reproduces {target} to the bit" if same else f"differs from {target} (kept as it was)")
+    entry = find_entry(folder) if folder is not None else None
+    if entry and not (args.config or args.set or args.seed is not None or args.protocol or args.net):
+        recorded = entry["scores"][entry["protocol"]][cfg.eval_split]  # scored as it was when shipped
         print(f"shipped {entry['kind']} {entry['path']}: recorded {recorded:.4f} %, " +
-              ("reproduced" if round(100 * mean, 4) == recorded else
+              ("reproduced" if round(100 * result["acc_mean"], 4) == recorded else
                "NOT reproduced (another CPU type or torch thread count rounds differently)"))
-    return 0
+    print(json.dumps(result))  # the last line: machine-readable
+    return 1 if same is False else 0
 
 
 # Search: search / results / export / report. Ray is imported only inside these commands.
@@ -521,13 +571,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("evaluate", help="re-score a synthetic set (a run folder or an npz) with its dataset's evaluator")
-    p.add_argument("path", help="a run folder (synthetic.npz + config.yaml) or a synthetic.npz (points, labels)")
+    p.add_argument("path", help="a run folder (synthetic.npz + config.yaml), a synthetic.npz (points, labels), "
+                   "or another tool's .npz / .npy of (clouds, points, 3)")
     p.add_argument("--dataset", choices=sorted(DATASETS),
                    help="the data the set is for (needed without a config.yaml; then its full protocol is used)")
     p.add_argument("--config", metavar="FILE", help="score under this config.yaml instead of the one beside the set")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. eval_models=10")
     p.add_argument("--seed", type=int, help="the evaluation's seed (default: the config's)")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the dataset's files (else $TUNE_DISTILL_DATA, else a cache)")
+    p.add_argument("--protocol", choices=["table", "full", "sadm"],
+                   help="score under this named protocol (docs/protocol-3d.md); --set eval_*=... still overrides it")
+    p.add_argument("--net", choices=["pointnet", "dgcnn", "pointnet2"], help="the evaluation network (default: pointnet)")
+    p.add_argument("--points-key", metavar="KEY", help="another tool's .npz: the array of points (default: points)")
+    p.add_argument("--labels-key", metavar="KEY", help="another tool's .npz: the array of labels (default: labels)")
+    p.add_argument("--labels", metavar="FILE", help="the labels of an .npy of points: a .npy or a text file of integers")
+    p.add_argument("--labels-blocks", action="store_true",
+                   help="the clouds come one block per class, in class order (N / classes clouds each)")
+    p.add_argument("--up", choices=["y", "z"], default="z",
+                   help="the set's up axis (y: the common ModelNet HDF5 release; turned into our z-up frame)")
+    p.add_argument("--out", metavar="FILE", help="also write the scores as this metrics.json")
+    p.add_argument("--record", action="store_true",
+                   help="a run folder: file the scores as <folder>/scores/<protocol>-<net>.json, or check that they "
+                        "reproduce the ones filed there")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("draw", help="a picture of a set (a run folder, a cell under distilled/, a synthetic.npz)")

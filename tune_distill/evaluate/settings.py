@@ -10,6 +10,7 @@ import torch
 
 Progress = Callable[[int, int], None]  # (models trained so far, models in all)
 Metric = Literal["accuracy", "balanced"]
+Net = Literal["pointnet", "dgcnn", "pointnet2"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,13 @@ class EvalSettings:
     a split is scored: ``accuracy`` (top-1 over its shapes) or ``balanced`` (top-1 per class,
     averaged over the classes), which weighs a split as if every class had as many shapes: the
     score to select on when the held-out split is imbalanced and the test split is not.
+
+    Point clouds only (the image ConvNet ignores them): ``net`` is the architecture
+    (``evaluate.point.build_net``); ``channels``, ``head``, ``dropout``, ``last_relu`` and
+    ``tnet`` shape PointNet (``nets.pointnet``); ``optimizer`` (adam | sgd, with ``momentum``) and
+    ``weight_decay`` train it under ``schedule`` (cosine to 0, or step: lr x 0.1 from half of the
+    epochs on); ``normalize`` re-centres each training cloud on its mean and scales it into the
+    unit sphere before training. ``protocol`` only records the named preset the values came from.
     """
 
     models: int = 5
@@ -35,6 +43,18 @@ class EvalSettings:
     rotate: bool = False
     batched: bool = False
     metric: Metric = "accuracy"
+    net: Net = "pointnet"
+    channels: tuple[int, ...] = ()
+    head: tuple[int, ...] = (256,)
+    dropout: float = 0.0
+    last_relu: bool = True
+    tnet: bool = False
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: Literal["cosine", "step"] = "cosine"
+    normalize: bool = False
+    protocol: str | None = None
 
 
 def train_models(settings: EvalSettings, seed: int, fit: Callable[[int], dict[str, float]],

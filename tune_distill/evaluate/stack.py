@@ -78,7 +78,7 @@ class ModelStack:
         if self.vectorised:
             def one(p, b, xk, yk):
                 return F.cross_entropy(self._one(p, b, xk), yk)
-            return vmap(one)(self.params, self.buffers, x, y).sum()
+            return vmap(one, randomness="different")(self.params, self.buffers, x, y).sum()
         return sum(F.cross_entropy(self._one(*self._split(k), x[k]), y[k]) for k in range(self.models))
 
     def _split(self, k: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

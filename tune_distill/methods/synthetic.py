@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from ..core.types import Clouds, Domain, voxelize
+from ..nets.pointops import farthest_points
 
 INITS = ("uniform", "gaussian", "real", "real_noise", "herding", "kcenter", "class_mean_topk", "full")
 SAMPLINGS = ("random", "fps")
@@ -74,19 +75,6 @@ def herding(features: torch.Tensor, k: int) -> torch.Tensor:
         available[j] = False
         total += features[j]
     return torch.tensor(chosen, dtype=torch.long)
-
-
-def farthest_points(clouds: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, k, D): k points of each cloud (B, N, D) by farthest-point sampling, started from each
-    cloud's first point: every next point is the one farthest from all chosen ones."""
-    b = torch.arange(clouds.shape[0], device=clouds.device)
-    chosen = torch.zeros(clouds.shape[0], k, dtype=torch.long, device=clouds.device)
-    nearest = torch.full(clouds.shape[:2], float("inf"), device=clouds.device)
-    for i in range(1, k):
-        last = clouds[b, chosen[:, i - 1]]
-        nearest = torch.minimum(nearest, ((clouds - last[:, None]) ** 2).sum(-1))
-        chosen[:, i] = nearest.argmax(1)
-    return clouds[b[:, None], chosen]
 
 
 def _thinned(clouds: Clouds, indices: torch.Tensor, points: int, generator: torch.Generator, sampling: str) -> torch.Tensor:

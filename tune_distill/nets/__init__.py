@@ -1,4 +1,5 @@
-"""Networks: the distillation families (sparse voxel, dense voxel, PointNet) and the evaluation classifiers."""
+"""Networks: the distillation families (sparse voxel, dense voxel, PointNet) and the evaluation classifiers
+(DC's ConvNet; PointNet, DGCNN and PointNet++ for point clouds)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import torch
 from ..core.seeding import seeded
 from ..sparse.backend import get_backend
 from .convnet import ConvNet
+from .dgcnn import DGCNN
 from .pointnet import PointNet
+from .pointnet2 import PointNet2
 from .voxel import DenseNet, SparseNet
 
 
@@ -43,4 +46,4 @@ def build_distill_net(settings: NetSettings, in_channels: int, grid_shape: tuple
     return seeded(seed, lambda: DenseNet(in_channels, num_classes, grid_shape, s.depth, s.width, s.pooling, s.norm))
 
 
-__all__ = ["ConvNet", "DenseNet", "NetSettings", "PointNet", "SparseNet", "build_distill_net"]
+__all__ = ["ConvNet", "DGCNN", "DenseNet", "NetSettings", "PointNet", "PointNet2", "SparseNet", "build_distill_net"]

@@ -55,6 +55,24 @@ def load_synthetic(path: str | os.PathLike, data: Dataset | None = None,
         raise UserError(f"cannot read a synthetic set from {p} ({exc}); expected a synthetic.npz with points and labels") from None
 
 
+def record_scores(cell: str | os.PathLike, name: str, result: dict) -> tuple[Path, bool | None]:
+    """File ``result`` (a scored evaluation: ``accuracies`` and the ``evaluator`` settings behind
+    them) as ``<cell>/scores/<name>.json``: ``(path, None)`` when it is new; when one is already
+    there, nothing is written and ``(path, same)`` says whether its accuracies are these, bit for
+    bit. Scores recorded under other settings raise a ``UserError`` (delete the file to re-record)."""
+    path = Path(cell) / "scores" / f"{name}.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("evaluator") != result["evaluator"] or old.get("seed") != result["seed"]:
+            raise UserError(f"{path} holds scores made under other evaluation settings; delete it to re-record "
+                            "(nothing was overwritten)")
+        keys = [k for k in result if k.endswith("accuracies")]
+        return path, all(old.get(k) == result[k] for k in keys)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    return path, None
+
+
 def save_picture(path: Path, points: np.ndarray, labels: np.ndarray, domain: Domain,
                  class_names: tuple[str, ...] = ()) -> None:
     """The synthetic set as a PNG, one row per class (see ``evaluate.draw_set``)."""

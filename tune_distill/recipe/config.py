@@ -142,6 +142,25 @@ class Config(BaseModel):
         "accuracy", description="balanced: per-class top-1 averaged over classes (every split scored)")
     eval_test_size: int | None = Field(None, ge=1, description="evaluate on the first N clouds of each split (None: all)")
     eval_at: list[int] = Field(default_factory=list, description="also evaluate at these iterations")
+    # 3D evaluators only (docs/protocol-3d.md). A named protocol sets every key of EVAL_PROTOCOL_KEYS
+    # that the values do not set themselves (make_config).
+    eval_protocol: Literal["table", "full", "sadm"] | None = Field(
+        None, description="3D: a named evaluation protocol (table: ours, CPU-sized; full: ours, 5 x 500 epochs; "
+        "sadm: SADM's and 3DDP's PointNet with T-Net, SGD, no augmentation, 10 x 500 epochs); eval_* keys override it")
+    eval_net: Literal["pointnet", "dgcnn", "pointnet2"] = Field(
+        "pointnet", description="3D: the evaluation network (dgcnn: EdgeConv k=20; pointnet2: single-scale grouping)")
+    eval_channels: list[int] = Field(default_factory=list, description="pointnet: per-point widths (empty: "
+                                     "eval_width x 2^i for eval_depth layers)")
+    eval_head: list[int] = Field(default_factory=lambda: [256], description="pointnet: the head's hidden widths")
+    eval_dropout: float = Field(0.0, ge=0, lt=1, description="pointnet: dropout on the head's last hidden layer")
+    eval_last_relu: bool = Field(True, description="pointnet: ReLU after the last per-point layer (False: pool its norm)")
+    eval_tnet: bool = Field(False, description="pointnet: the input transform net")
+    eval_optimizer: Literal["adam", "sgd"] = Field("adam", description="3D: the evaluation networks' optimizer")
+    eval_momentum: float = Field(0.9, ge=0, lt=1, description="3D, eval_optimizer=sgd: its momentum")
+    eval_weight_decay: float = Field(1e-4, ge=0, le=1, description="3D: the evaluation optimizer's weight decay")
+    eval_schedule: Literal["cosine", "step"] = Field(
+        "cosine", description="3D: cosine to 0 over eval_epochs, or step: lr x 0.1 from half of them on")
+    eval_normalize: bool = Field(False, description="3D: re-centre each training cloud and scale it into the unit sphere")
 
     # Run ------------------------------------------------------------------------------------
     seed: int = Field(0, ge=0, le=2**31 - 1)
@@ -188,6 +207,9 @@ class Config(BaseModel):
                              f"or init_features=occupancy")
         if self.norm == "batch" and self.family != "pointnet":
             raise ValueError("norm=batch is for family=pointnet; voxel networks take none or instance")
+        if image and (self.eval_protocol or self.eval_net != "pointnet"):
+            raise ValueError(f"eval_protocol and eval_net choose 3D evaluators; {self.dataset} is judged by its image "
+                             "ConvNet: unset them, or use a point-cloud dataset")
         if not image:
             image_only = [k for k in ("snap_every", "snap_final", "straight_through", "tm_iterations") if getattr(self, k)]
             if image_only:
@@ -216,6 +238,36 @@ class Config(BaseModel):
 
 # Every registered dataset's presets (data/mnist.py, data/modelnet.py), by name.
 PRESETS: dict[str, dict[str, Any]] = {name: values for spec in DATASETS.values() for name, values in spec.presets.items()}
+
+# The evaluation keys a named protocol defines (docs/protocol-3d.md; sources in
+# docs/protocol-3d-sources.md). Not among them: eval_net (any protocol trains any network),
+# and where and how it is scored (eval_split, eval_metric, eval_test_size, eval_at, eval_batched).
+OURS_EVAL: dict[str, Any] = dict(
+    eval_width=32, eval_depth=4, eval_lr=0.001, eval_batch=8, eval_augment=True, eval_rotate=False, eval_channels=[],
+    eval_head=[256], eval_dropout=0.0, eval_last_relu=True, eval_tnet=False, eval_optimizer="adam", eval_momentum=0.9,
+    eval_weight_decay=1e-4, eval_schedule="cosine", eval_normalize=False,
+)
+EVAL_PROTOCOLS: dict[str, dict[str, Any]] = {
+    # tables/modelnet10.yaml's and modelnet40.yaml's protocol at IPC 1 (the table specs shorten
+    # the epochs and widen the batch at IPC 10 themselves).
+    "table": dict(OURS_EVAL, eval_models=3, eval_epochs=300),
+    "full": dict(OURS_EVAL, eval_models=5, eval_epochs=500),
+    # SADM's and 3DDP's evaluation code: PointNet with the input T-Net (64-128-1024, BatchNorm,
+    # head 512-256 with dropout 0.3), SGD 0.01 momentum 0.9 wd 5e-4, x0.1 at half of 500 epochs,
+    # batches of 8, no augmentation, training clouds put in the unit sphere, 10 runs. Width 64
+    # sizes DGCNN and PointNet++ at their papers' widths under this protocol.
+    "sadm": dict(eval_models=10, eval_epochs=500, eval_width=64, eval_depth=3, eval_lr=0.01, eval_batch=8,
+                 eval_augment=False, eval_rotate=False, eval_channels=[64, 128, 1024], eval_head=[512, 256],
+                 eval_dropout=0.3, eval_last_relu=False, eval_tnet=True, eval_optimizer="sgd", eval_momentum=0.9,
+                 eval_weight_decay=5e-4, eval_schedule="step", eval_normalize=True),
+}
+EVAL_PROTOCOL_KEYS = tuple(EVAL_PROTOCOLS["sadm"])
+
+
+def with_protocol(values: dict[str, Any], protocol: str) -> dict[str, Any]:
+    """``values`` (e.g. a run's config.yaml) to be scored under ``protocol`` instead of their own
+    evaluation: the keys a protocol sets are dropped, so the protocol's apply."""
+    return {k: v for k, v in values.items() if k not in EVAL_PROTOCOL_KEYS} | {"eval_protocol": protocol}
 
 
 def _fields_help(key: str) -> str:
@@ -250,14 +302,21 @@ def _one_line(error: ValidationError) -> str:
 
 
 def make_config(values: dict[str, Any] | None = None, preset: str | None = None) -> Config:
-    """Validate ``values`` on top of ``preset`` (if any); bad input raises a one-line UserError."""
+    """Validate ``values`` on top of ``preset`` (if any); bad input raises a one-line UserError.
+
+    A named ``eval_protocol`` (in the values or the preset) sets its keys over the preset's; any
+    of them in ``values`` still wins."""
     base: dict[str, Any] = {}
     if preset is not None:
         if preset not in PRESETS:
             raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
         base = dict(PRESETS[preset])
+    values = values or {}
+    protocol = values.get("eval_protocol", base.get("eval_protocol"))
+    if isinstance(protocol, str) and protocol in EVAL_PROTOCOLS:
+        base = {**base, **EVAL_PROTOCOLS[protocol]}
     try:
-        return Config(**{**base, **(values or {})})
+        return Config(**{**base, **values})
     except ValidationError as exc:
         raise UserError(_one_line(exc)) from None
 

@@ -94,6 +94,7 @@ class RunResult:
         for name, accs in self.other_accuracies.items():
             out[f"{name}_acc_mean"] = float(np.mean(accs))
             out[f"{name}_accuracies"] = list(accs)
+        out["evaluator"] = evaluator_record(self.config)
         return out
 
 
@@ -126,7 +127,13 @@ def trajectory_settings(cfg: Config) -> TrajectorySettings:
 
 
 def eval_settings(cfg: Config) -> EvalSettings:
-    return settings(EvalSettings, cfg, "eval_")
+    return settings(EvalSettings, cfg, "eval_", channels=tuple(cfg.eval_channels), head=tuple(cfg.eval_head))
+
+
+def evaluator_record(cfg: Config) -> dict[str, Any]:
+    """Every resolved evaluation value of ``cfg`` (its ``eval_*`` keys, the protocol and the net
+    among them): what a metrics.json records of how its scores were obtained."""
+    return {k: v for k, v in cfg.model_dump().items() if k.startswith("eval_")}
 
 
 def dataset_options(cfg: Config) -> dict[str, Any]:
@@ -184,10 +191,13 @@ def make_evaluator(cfg: Config, data: Dataset, val: Clouds | None, device: torch
 
 
 def evaluate_set(cfg: Config, points: np.ndarray, labels: np.ndarray, data: Dataset,
-                 report: Report | None = None) -> dict[str, list[float]]:
+                 report: Report | None = None, per_class: bool = False) -> dict[str, list[float]]:
     """Accuracies per split of ``cfg``'s evaluator on a given synthetic set (``points`` (N, P, D) in
     the dataset's frame, ``labels`` (N,)), exactly as ``run`` scores the set it distils: the same
-    splits, models and random streams, so a saved run is re-scored to the bit on the same CPU."""
+    splits, models and random streams, so a saved run is re-scored to the bit on the same CPU.
+
+    ``per_class`` also scores the same trained models on each class's shapes of each split, as
+    ``"<split>/<class index>"`` (scoring draws nothing random: the split scores do not change)."""
     check_data(cfg, data)
     if points.ndim != 3 or points.shape[2] != data.domain.dims or labels.shape != (points.shape[0],):
         raise UserError(f"a synthetic set needs points (N, P, {data.domain.dims}) and labels (N,); "
@@ -196,7 +206,11 @@ def evaluate_set(cfg: Config, points: np.ndarray, labels: np.ndarray, data: Data
         raise UserError(f"labels must lie in 0..{data.num_classes - 1} for {data.name}; got {labels.min()}..{labels.max()}")
     device = resolve_device(cfg.device)
     _, val = split_train(data, cfg.val_size)
-    evaluator = make_evaluator(cfg, data, val, device)
+    splits = evaluation_splits(cfg, data, val)
+    if per_class:
+        splits |= {f"{name}/{k}": c.subset(torch.nonzero(c.labels == k)[:, 0])
+                   for name, c in list(splits.items()) for k in range(data.num_classes) if (c.labels == k).any()}
+    evaluator = build_evaluator(data.domain, data.num_classes, splits, eval_settings(cfg), device)
     progress = (lambda done, total: report({"eval_done": done, "eval_total": total})) if report else None
     return evaluator(torch.from_numpy(np.ascontiguousarray(points, np.float32)), torch.from_numpy(labels.astype(np.int64)),
                      eval_seed(cfg), progress)
@@ -214,7 +228,7 @@ def init_features(cfg: Config, train: Clouds, data: Dataset, device: torch.devic
         return None
     seed = stream(cfg.seed, "features")
     x = train.resampled(torch.arange(len(train)), FEATURE_POINTS, torch.Generator().manual_seed(seed)).to(device)
-    settings = replace(eval_settings(cfg), models=1, epochs=cfg.init_feature_epochs, batch=FEATURE_BATCH)
+    settings = replace(eval_settings(cfg), models=1, epochs=cfg.init_feature_epochs, batch=FEATURE_BATCH, net="pointnet")
     net = train_one(x, train.labels.to(device), data.num_classes, settings, seed, data.domain.up).eval()
     with torch.no_grad():
         return torch.cat([net.embed(chunk) for chunk in x.split(EVAL_BATCH)]).cpu()
