@@ -84,7 +84,7 @@ def test_dgcnn_and_pointnet2_learn_real_shapes(shapes, net):
     by_points, data = shapes
     points_per_cloud, settings = LEARNS[net]
     points, labels, test = by_points[points_per_cloud]
-    evaluator = build_evaluator(data.domain, data.num_classes, {"test": test}, settings)
+    evaluator = build_evaluator("point", data.domain, data.num_classes, {"test": test}, settings)
     [acc] = evaluator(points, labels, seed=0)["test"]
     assert acc >= 0.25, acc
 

@@ -46,7 +46,7 @@ def _watch(cfg, small) -> tuple[list[dict], list[torch.Tensor]]:
 
     handles = [register_optimizer_step_pre_hook(on_step), register_module_forward_pre_hook(on_forward)]
     try:
-        evaluator = build_evaluator(data.domain, data.num_classes, {"test": test}, eval_settings(cfg))
+        evaluator = build_evaluator("point", data.domain, data.num_classes, {"test": test}, eval_settings(cfg))
         evaluator(points, labels, seed=3)
     finally:
         for h in handles:

@@ -68,6 +68,14 @@ def test_table_runs_cells_once_and_renders_from_disk(tmp_path, mnist_dir, capsys
     row = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| tiny distill |"))
     gain = sum(accuracy["tiny-distill", s] - accuracy["baseline-random-real", s] for s in (0, 1)) / 2
     assert row.split(" | ")[3] == f"{gain:+.2f}"
+    # A cell re-scored under another protocol gets a column of its own, saying what it rests on.
+    scores = tmp_path / "tiny" / "tiny-distill" / "ipc1" / "seed1" / "scores"
+    scores.mkdir()
+    (scores / "sadm-pointnet.json").write_text(json.dumps({"acc_mean": 0.5, "accuracies": [0.5]}))
+    assert main(["table", str(spec), "--storage", str(tmp_path), "--no-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    column = lines[0].split(" | ").index("IPC 1: sadm-pointnet test %")
+    assert next(ln for ln in lines if ln.startswith("| tiny distill |")).split(" | ")[column] == "50.00 (1 seed, 1 run)"
 
 
 @pytest.mark.parametrize("change,message", [

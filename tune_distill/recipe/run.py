@@ -210,7 +210,8 @@ def evaluate_set(cfg: Config, points: np.ndarray, labels: np.ndarray, data: Data
     if per_class:
         splits |= {f"{name}/{k}": c.subset(torch.nonzero(c.labels == k)[:, 0])
                    for name, c in list(splits.items()) for k in range(data.num_classes) if (c.labels == k).any()}
-    evaluator = build_evaluator(data.domain, data.num_classes, splits, eval_settings(cfg), device)
+    evaluator = build_evaluator(dataset_spec(cfg.dataset).evaluator, data.domain, data.num_classes, splits,
+                                eval_settings(cfg), device)
     progress = (lambda done, total: report({"eval_done": done, "eval_total": total})) if report else None
     return evaluator(torch.from_numpy(np.ascontiguousarray(points, np.float32)), torch.from_numpy(labels.astype(np.int64)),
                      eval_seed(cfg), progress)

@@ -47,8 +47,9 @@ def _sha256(path: Path) -> str:
 def _own_protocol(cfg: dict) -> str:
     """``protocol/net`` of the evaluation a cell's run made (MNIST's: the paper's ConvNets)."""
     image = dataset_spec(cfg["dataset"]).evaluator == "image"
-    return f"{cfg.get('eval_protocol') or ('paper' if image else 'table')}/" \
-           f"{cfg.get('eval_net') or ('convnet' if image else 'pointnet')}"
+    if image:
+        return "paper/convnet"
+    return f"{cfg.get('eval_protocol') or 'table'}/{cfg.get('eval_net') or 'pointnet'}"
 
 
 def _scores(cell: Path, cfg: dict, metrics: dict) -> dict[str, dict[str, Any]]:

@@ -68,6 +68,9 @@ class TableSpec:
     # The row every other row is compared with at the same IPC, under the same evaluator (random
     # real shapes of the same storage: what DD-Ranking and DC-Bench score a set's gain against).
     reference: str | None = None
+    # Under which protocol the rows' published numbers were measured (sadm for SADM's and 3DDP's
+    # tables): the header says so, and they sit beside our cells' scores under that protocol.
+    paper_protocol: str | None = None
 
     def config(self, row: Row, ipc: int, seed: int) -> Config:
         values: dict[str, Any] = {}
@@ -112,10 +115,10 @@ def load_table(path: str | Path) -> TableSpec:
         hint = f"; shipped specs: {', '.join(shipped)}" if shipped else ""
         raise UserError(f"table spec {path} not found{hint}")
     raw = load_config_file(path)
-    unknown = set(raw) - {"name", "rows", "ipc", "seeds", "protocol", "protocol_ipc", "reference"}
+    unknown = set(raw) - {"name", "rows", "ipc", "seeds", "protocol", "protocol_ipc", "reference", "paper_protocol"}
     if unknown:
         raise UserError(f"table {path}: unknown key {sorted(unknown)[0]!r}; "
-                        "allowed: name, rows, ipc, seeds, protocol, protocol_ipc, reference")
+                        "allowed: name, rows, ipc, seeds, protocol, protocol_ipc, reference, paper_protocol")
     if not isinstance(raw.get("rows") or [], list):
         raise UserError(f"table {path}: rows must be a list of rows, each with a label")
     rows = []
@@ -145,7 +148,7 @@ def load_table(path: str | Path) -> TableSpec:
                      _ints(raw.get("seeds", [0, 1, 2, 3, 4]), path, "seeds"),
                      _mapping(raw.get("protocol"), path, "protocol"), path.parent,
                      _mapping(raw.get("protocol_ipc"), path, "protocol_ipc", "{10: {eval_epochs: 60}}"),
-                     raw.get("reference"))
+                     raw.get("reference"), raw.get("paper_protocol"))
     _ints(spec.protocol_ipc, path, "the keys of protocol_ipc")
     if spec.reference is not None and spec.reference not in {r.id for r in rows if not r.published_only}:
         raise UserError(f"table {path}: reference {spec.reference!r} is not the id of a row that runs; "
@@ -231,12 +234,14 @@ def run_table(spec: TableSpec, root: Path, load_data: Callable[[], Any], rows: l
 
 
 def collect(spec: TableSpec, root: Path) -> list[dict]:
-    """One record per (row, ipc) with the per-seed test (and val) means found on disk, and the
-    seeds whose cell ran on a GPU (its config.yaml's device)."""
+    """One record per (row, ipc) with the per-seed test (and val) means found on disk, the seeds
+    whose cell ran on a GPU (its config.yaml's device), and per re-scoring of the cells under
+    another protocol or network (``scores/<protocol>-<net>.json``) its test means and run counts."""
     records = []
     for row in spec.rows:
         for ipc in spec.ipcs:
             test, val, gpu = [], [], []
+            rescored: dict[str, list[tuple[float, int]]] = {}
             for seed in spec.seeds:
                 cell = cell_dir(root, row, ipc, seed)
                 if (cell / "metrics.json").exists():
@@ -244,11 +249,14 @@ def collect(spec: TableSpec, root: Path) -> list[dict]:
                     test.append(100 * m["acc_mean"])
                     if "val_acc_mean" in m:
                         val.append(100 * m["val_acc_mean"])
+                    for extra in sorted((cell / "scores").glob("*.json")):
+                        scored = json.loads(extra.read_text())
+                        rescored.setdefault(extra.stem, []).append((100 * scored["acc_mean"], len(scored["accuracies"])))
                     config = cell / "config.yaml"
                     if config.exists() and (yaml.safe_load(config.read_text()) or {}).get("device") not in (None, "cpu"):
                         gpu.append(seed)
             records.append({"row": row.label, "ipc": ipc, "seeds": len(test), "test": test, "val": val,
-                            "gpu_seeds": gpu, "paper": row.paper.get(ipc)})
+                            "gpu_seeds": gpu, "paper": row.paper.get(ipc), "rescored": rescored})
     return records
 
 
@@ -260,6 +268,16 @@ def _cell(values: list[float], runs: bool = True) -> str:
     return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
 
 
+def _rescored(scores: list[tuple[float, int]]) -> str:
+    """A re-scored cell: mean over its seeds, with how many seeds and runs per seed it rests on."""
+    if not scores:
+        return "—"
+    values, runs = [v for v, _ in scores], sorted({n for _, n in scores})
+    spread = f" ± {np.std(values):.2f}" if len(values) > 1 else ""
+    return f"{np.mean(values):.2f}{spread} ({len(values)} seed{'s' * (len(values) > 1)}, " \
+           f"{'/'.join(map(str, runs))} run{'s' * (runs != [1])})"
+
+
 def render_markdown(spec: TableSpec, root: Path) -> str:
     """The table as markdown: per IPC, test mean ± std over seeds (std across seeds), val, paper."""
     records = collect(spec, root)
@@ -267,8 +285,13 @@ def render_markdown(spec: TableSpec, root: Path) -> str:
     ipcs = spec.ipcs
     reference = next((r for r in spec.rows if spec.reference is not None and r.id == spec.reference), None)
     gains = [f"IPC {i}: gain over {reference.id}" for i in ipcs] if reference else []
+    # Cells re-scored under another protocol or network get columns of their own, beside the
+    # published numbers when those were measured under the same protocol.
+    keys = sorted({k for r in records for k in r["rescored"]})
+    published = f"published ({spec.paper_protocol})" if spec.paper_protocol else "paper"
     head = ["method", "per IPC: clouds × points"] + [f"IPC {i}: test %" for i in ipcs] + gains + \
-        [f"IPC {i}: val %" for i in ipcs] + [f"paper, IPC {i}" for i in ipcs] + ["seeds"]
+        [f"IPC {i}: val %" for i in ipcs] + [f"IPC {i}: {k} test %" for k in keys for i in ipcs] + \
+        [f"{published}, IPC {i}" for i in ipcs] + ["seeds"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for row in spec.rows:
@@ -283,6 +306,7 @@ def render_markdown(spec: TableSpec, root: Path) -> str:
             cells += [f"{np.mean(mine[i]['test']) - np.mean(base[i]):+.2f}" if mine[i]["test"] and base[i] else "—"
                       for i in ipcs]
         cells += [_cell(mine[i]["val"], row.runs_at(i)) for i in ipcs]
+        cells += [_rescored(mine[i]["rescored"].get(k, [])) for k in keys for i in ipcs]
         cells += [f"{mine[i]['paper']}" if mine[i]["paper"] is not None else "—" for i in ipcs]
         cells.append(" / ".join(str(mine[i]["seeds"]) if row.runs_at(i) else "—" for i in ipcs))
         lines.append("| " + " | ".join(cells) + " |")
