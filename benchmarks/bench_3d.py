@@ -42,7 +42,7 @@ VARIANTS = {
 def seconds_per_iteration(data, train, overrides: dict, iterations: int, device: torch.device) -> float:
     cfg = make_config(dict(overrides, iterations=iterations + 1, log_every=1), preset="modelnet10")
     gen = torch.Generator().manual_seed(stream(cfg.seed, "init"))
-    syn, _ = init_synthetic(cfg.init, train, data.num_classes, data.domain, cfg.ipc, cfg.points, gen)
+    syn, _, _ = init_synthetic(cfg.init, train, data.num_classes, data.domain, cfg.ipc, cfg.points, gen)
     history = distill(distill_settings(cfg), settings(NetSettings, cfg), train, data.num_classes, data.domain,
                       syn.to(device), device)
     return statistics.median(row["sec_per_iter"] for row in history[1:])
@@ -51,7 +51,7 @@ def seconds_per_iteration(data, train, overrides: dict, iterations: int, device:
 def seconds_per_evaluation(data, train, val, ipc: int, epochs: int, batch: int, device: torch.device) -> float:
     evaluator = build_evaluator("point", data.domain, data.num_classes, {"test": data.test, "val": val},
                                 EvalSettings(1, epochs, 32, 4, 0.001, batch, True), device)
-    syn, labels = init_synthetic("real", train, data.num_classes, data.domain, ipc, 1024, torch.Generator().manual_seed(0))
+    syn, labels, _ = init_synthetic("real", train, data.num_classes, data.domain, ipc, 1024, torch.Generator().manual_seed(0))
     start = time.perf_counter()
     evaluator(syn, labels, seed=0)
     return time.perf_counter() - start

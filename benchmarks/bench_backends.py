@@ -81,7 +81,7 @@ def workloads(size: str, backend: str, data, device: torch.device):
     pick = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[: cfg.batch_real]
     batch = data.train.batch(pick, cfg.real_cap).to(device)
     labels = data.train.labels[pick].to(device)
-    syn, _ = init_synthetic(cfg.init, data.train, classes, data.domain, cfg.ipc, cfg.points,
+    syn, _, _ = init_synthetic(cfg.init, data.train, classes, data.domain, cfg.ipc, cfg.points,
                             torch.Generator().manual_seed(0), cfg.init_noise, cfg.real_cap)
 
     def forward_backward():

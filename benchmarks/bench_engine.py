@@ -42,7 +42,7 @@ SIZES = {
 def seconds_per_iteration(data, preset: str, overrides: dict, iterations: int) -> float:
     cfg = make_config(dict(overrides, iterations=iterations + 1, log_every=1), preset=preset)
     gen = torch.Generator().manual_seed(stream(cfg.seed, "init"))
-    syn, _ = init_synthetic(cfg.init, data.train, data.num_classes, data.domain, cfg.ipc, cfg.points, gen)
+    syn, _, _ = init_synthetic(cfg.init, data.train, data.num_classes, data.domain, cfg.ipc, cfg.points, gen)
     history = distill(distill_settings(cfg), settings(NetSettings, cfg), data.train, data.num_classes, data.domain, syn,
                       torch.device("cpu"))
     return statistics.median(row["sec_per_iter"] for row in history[1:])
@@ -54,7 +54,7 @@ def seconds_per_evaluation(data, preset: str) -> float:
     test_x = render(data.test.batch(torch.arange(test_n)), data.domain.grid_shape)
     test_y = data.test.labels[:test_n]
     gen = torch.Generator().manual_seed(0)
-    syn, labels = init_synthetic("real", data.train, data.num_classes, data.domain, 1, cfg.points, gen)
+    syn, labels, _ = init_synthetic("real", data.train, data.num_classes, data.domain, 1, cfg.points, gen)
     images = render(PointBatch.from_padded(syn), data.domain.grid_shape)
     settings = EvalSettings(1, cfg.eval_epochs, cfg.eval_width, cfg.eval_depth, cfg.eval_lr, cfg.eval_batch, cfg.eval_augment)
     start = time.perf_counter()

@@ -117,7 +117,7 @@ def main() -> None:
                  "test_size_run": len(index), "test_size_protocol": len(data.test),
                  "extrapolated": train_scale != 1 or test_scale != 1, "sec_per_evaluation": {}}
     for ipc in args.ipc:
-        points, labels = init_synthetic("real", data.train, data.num_classes, data.domain, ipc, proto.points,
+        points, labels, _ = init_synthetic("real", data.train, data.num_classes, data.domain, ipc, proto.points,
                                         torch.Generator().manual_seed(SEED))
         train_x = proto.to_input(PointBatch.from_padded(points), data.domain).to(device)
         train_y = labels.to(device)

@@ -31,7 +31,7 @@ SETTINGS = EvalSettings(models=K, epochs=4, width=8, depth=2, lr=0.01, batch=4, 
 @pytest.fixture(scope="module")
 def digits(mnist):
     """10 real training digits (IPC 1) to train on, the first 1,000 test digits to score on."""
-    points, labels = init_synthetic("real", mnist.train, mnist.num_classes, mnist.domain, 1, 250,
+    points, labels, _ = init_synthetic("real", mnist.train, mnist.num_classes, mnist.domain, 1, 250,
                                     torch.Generator().manual_seed(0))
     train_x = render(PointBatch.from_padded(points), mnist.domain.grid_shape)
     test = mnist.test.subset(torch.arange(1000))
@@ -80,7 +80,7 @@ POINT_SETTINGS = EvalSettings(models=K, epochs=3, width=8, depth=2, lr=0.003, ba
 def shapes(modelnet10):
     """20 real ModelNet10 training shapes (2 per class, batches of 8, 8 and 4) and 150 test shapes."""
     train, _ = hold_out(modelnet10.train, 100, 10, seed=0, stratified=True)
-    points, labels = init_synthetic("real", train, 10, modelnet10.domain, 2, 128, torch.Generator().manual_seed(0))
+    points, labels, _ = init_synthetic("real", train, 10, modelnet10.domain, 2, 128, torch.Generator().manual_seed(0))
     return points, labels, modelnet10
 
 

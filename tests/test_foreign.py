@@ -28,7 +28,7 @@ TINY = ["--set", "eval_models=1", "--set", "eval_epochs=2", "--set", "eval_test_
 def y_up_set(modelnet10, tmp_path_factory) -> tuple[Path, np.ndarray]:
     """One real shape per class as 2,048 points (its 1,024 and the same jittered), turned into a
     y-up frame and saved as another tool would: an .npy, one block of clouds per class."""
-    points, _ = init_synthetic("real", modelnet10.train, modelnet10.num_classes, modelnet10.domain, 1, 1024,
+    points, _, _ = init_synthetic("real", modelnet10.train, modelnet10.num_classes, modelnet10.domain, 1, 1024,
                                torch.Generator().manual_seed(0))
     z_up = points.numpy()
     z_up = np.concatenate([z_up, z_up + 0.01 * np.random.default_rng(0).standard_normal(z_up.shape)], 1).astype(np.float32)

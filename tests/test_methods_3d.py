@@ -64,7 +64,7 @@ def test_a_class_with_fewer_shapes_than_clouds_repeats_its_picks_as_other_subset
     from tune_distill.methods.synthetic import init_synthetic
 
     few = modelnet10.train.subset(torch.cat([modelnet10.train.members(c)[:3] for c in range(10)]))
-    points, labels = init_synthetic(init, few, 10, modelnet10.domain, 5, 64, torch.Generator().manual_seed(0))
+    points, labels, _ = init_synthetic(init, few, 10, modelnet10.domain, 5, 64, torch.Generator().manual_seed(0))
     assert points.shape == (50, 64, 3) and np.bincount(labels).tolist() == [5] * 10
     first = points[:5]
     assert len({tuple(p.flatten()[:6].tolist()) for p in first}) == 5  # the 2 repeats are other subsets

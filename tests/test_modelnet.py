@@ -132,7 +132,7 @@ def test_pointnet_gradient_matching_reaches_the_coordinates():
 def test_point_evaluator_is_deterministic_and_learns(mn10):
     train, val = hold_out(mn10.train, 100, 10, seed=0, stratified=True)
     gen = torch.Generator().manual_seed(0)
-    syn, labels = init_synthetic("real", train, 10, mn10.domain, 4, 256, gen)
+    syn, labels, _ = init_synthetic("real", train, 10, mn10.domain, 4, 256, gen)
     settings = EvalSettings(models=2, epochs=10, width=8, depth=3, lr=0.003, batch=8, augment=True)
     evaluator = build_evaluator("point", mn10.domain, 10, {"test": mn10.test.subset(torch.arange(0, 908, 6)), "val": val},
                                 settings)
@@ -172,7 +172,7 @@ def test_a_run_scored_by_balanced_accuracy_distils_the_same_set(mn10):
 
 @pytest.mark.parametrize("init", ["uniform", "gaussian", "real", "real_noise", "herding", "kcenter", "class_mean_topk"])
 def test_every_init_stays_in_the_unit_ball(mn10, init):
-    pts, labels = init_synthetic(init, mn10.train.subset(torch.arange(0, 3991, 7)), 10, mn10.domain, 2, 64,
+    pts, labels, _ = init_synthetic(init, mn10.train.subset(torch.arange(0, 3991, 7)), 10, mn10.domain, 2, 64,
                                  torch.Generator().manual_seed(0), noise=0.05)
     assert pts.shape == (20, 64, 3) and labels.tolist() == [c for c in range(10) for _ in range(2)]
     assert (pts.norm(dim=-1) <= 1 + 1e-6).all()

@@ -67,7 +67,7 @@ def shapes(modelnet10):
     test = data.test.subset(torch.randperm(len(data.test), generator=torch.Generator().manual_seed(0))[:100])
     out = {}
     for p in (64, 128):
-        points, labels = init_synthetic("real", data.train, data.num_classes, data.domain, 10, p,
+        points, labels, _ = init_synthetic("real", data.train, data.num_classes, data.domain, 10, p,
                                         torch.Generator().manual_seed(0), sampling="fps")
         out[p] = points, labels, thinned_clouds(test, p, torch.Generator().manual_seed(1))
     return out, data

@@ -22,7 +22,7 @@ from tune_distill.recipe.run import eval_settings
 def small(modelnet10):
     """2 real shapes per class at 64 points, shrunk and moved off the origin (so that only the
     unit-sphere normalisation brings them back), and 20 test shapes."""
-    points, labels = init_synthetic("real", modelnet10.train, modelnet10.num_classes, modelnet10.domain, 2, 64,
+    points, labels, _ = init_synthetic("real", modelnet10.train, modelnet10.num_classes, modelnet10.domain, 2, 64,
                                     torch.Generator().manual_seed(0))
     return 0.3 * points + torch.tensor([0.2, -0.1, 0.3]), labels, modelnet10.test.subset(torch.arange(20)), modelnet10
 

@@ -21,17 +21,17 @@ def small(mnist):
 @pytest.mark.parametrize("kind", [k for k in INITS if k != "full"])
 def test_every_init_has_the_right_shape_and_bounds(small, kind):
     g = torch.Generator().manual_seed(0)
-    pts, labels = init_synthetic(kind, small, 10, MNIST, clouds_per_class=2, points=80, generator=g)
+    pts, labels, _ = init_synthetic(kind, small, 10, MNIST, clouds_per_class=2, points=80, generator=g)
     assert pts.shape == (20, 80, 3) and labels.tolist() == [c for c in range(10) for _ in range(2)]
     assert (pts[..., 0] == 0).all()  # pinned depth
     assert pts[..., 1:].min() >= 0 and pts[..., 1:].max() <= 27
     g2 = torch.Generator().manual_seed(0)
-    again, _ = init_synthetic(kind, small, 10, MNIST, clouds_per_class=2, points=80, generator=g2)
+    again, _, _ = init_synthetic(kind, small, 10, MNIST, clouds_per_class=2, points=80, generator=g2)
     assert torch.equal(pts, again)  # same generator seed, same set
 
 
 def test_real_init_points_come_from_one_real_cloud_of_the_class(small):
-    pts, labels = init_synthetic("real", small, 10, MNIST, clouds_per_class=1, points=300, generator=torch.Generator().manual_seed(1))
+    pts, labels, _ = init_synthetic("real", small, 10, MNIST, clouds_per_class=1, points=300, generator=torch.Generator().manual_seed(1))
     occupancy = voxelize(small.batch(torch.arange(len(small))), (1, 28, 28)).flatten(1).bool()
     for c in (0, 7):
         mine = voxelize(PointBatch.from_padded(pts[c : c + 1]), (1, 28, 28)).flatten(1).bool()[0]
@@ -48,7 +48,7 @@ def test_herding_with_one_pick_is_the_nearest_to_the_mean():
 
 
 def test_class_mean_topk_takes_the_most_occupied_cells(small):
-    pts, _ = init_synthetic("class_mean_topk", small, 10, MNIST, clouds_per_class=1, points=50, generator=torch.Generator().manual_seed(0))
+    pts, _, _ = init_synthetic("class_mean_topk", small, 10, MNIST, clouds_per_class=1, points=50, generator=torch.Generator().manual_seed(0))
     members = torch.nonzero(small.labels == 3).flatten()
     mean = voxelize(small.batch(members), (1, 28, 28)).mean(0).flatten()
     cells = (pts[3, :, 1] * 28 + pts[3, :, 2]).long()
@@ -79,7 +79,7 @@ def test_snap_keeps_the_heaviest_cells_as_distinct_points():
 
 
 def test_full_is_every_training_cloud_with_its_label(small):
-    pts, labels = init_synthetic("full", small, 10, MNIST, clouds_per_class=2, points=80, generator=torch.Generator().manual_seed(0))
+    pts, labels, _ = init_synthetic("full", small, 10, MNIST, clouds_per_class=2, points=80, generator=torch.Generator().manual_seed(0))
     assert pts.shape == (2000, 80, 3) and torch.equal(labels, small.labels)
     first = small.batch(torch.arange(1)).points
     assert {tuple(p) for p in pts[0].tolist()} <= {tuple(p) for p in first.tolist()}  # cloud 0's own points

@@ -125,39 +125,12 @@ def _top_cells(mean_grid: torch.Tensor, grid_shape: tuple[int, ...], points: int
     return torch.stack(torch.unravel_index(picks, grid_shape), 1).float()
 
 
-def init_synthetic(
-    kind: str,
-    clouds: Clouds,
-    num_classes: int,
-    domain: Domain,
-    clouds_per_class: int,
-    points: int,
-    generator: torch.Generator,
-    noise: float = 1.0,
-    cap: int | None = None,
-    feature_res: int = 16,
-    sampling: str = "random",
-    features: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Initial synthetic points (num_classes * clouds_per_class, points, D) and labels, grouped by
-    class: ``clouds_per_class`` is the clouds per class as stored (the config's ipc x cloud_split).
-
-    ``noise`` is ``real_noise``'s jitter (cells, or units of the ball); ``feature_res`` the
-    voxel grid of the occupancy features on the unit ball; ``sampling`` (random | fps) how a
-    real shape is thinned to ``points``; ``features`` (len(clouds), F), if given, the space
-    herding and k-center choose in.
-    """
-    points_out, labels, _ = init_selection(kind, clouds, num_classes, domain, clouds_per_class, points, generator,
-                                           noise, cap, feature_res, sampling, features)
-    return points_out, labels
-
-
 # The inits whose clouds are real shapes, picked and thinned: a set of theirs is stored as the
-# picks (``init_selection``) and rebuilt from them.
+# picks (``init_synthetic``'s third value) and rebuilt from them.
 SELECTIONS = ("real", "herding", "kcenter")
 
 
-def init_selection(
+def init_synthetic(
     kind: str,
     clouds: Clouds,
     num_classes: int,
@@ -172,10 +145,15 @@ def init_selection(
     features: torch.Tensor | None = None,
     picks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``init_synthetic``'s points and labels, and for a selection (``SELECTIONS``) the index in
-    ``clouds`` of the shape each synthetic cloud was thinned from (None for other inits).
+    """Initial synthetic points (num_classes * clouds_per_class, points, D), labels, and for a
+    selection (``SELECTIONS``) the index in ``clouds`` of the shape each cloud was thinned from
+    (None for other inits), grouped by class: ``clouds_per_class`` is the clouds per class as
+    stored (the config's ipc x cloud_split).
 
-    Given ``picks`` (a stored selection), herding and k-center take them instead of choosing
+    ``noise`` is ``real_noise``'s jitter (cells, or units of the ball); ``feature_res`` the
+    voxel grid of the occupancy features on the unit ball; ``sampling`` (random | fps) how a
+    real shape is thinned to ``points``; ``features`` (len(clouds), F), if given, the space
+    herding and k-center choose in. Given ``picks`` (a stored selection), herding and k-center take them instead of choosing
     again, and ``real`` draws its picks as always and checks them: the thinning draws the same
     numbers from ``generator`` either way, so the set is rebuilt bit for bit.
     """

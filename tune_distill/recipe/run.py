@@ -30,7 +30,7 @@ from ..evaluate import EvalSettings, Evaluator, build_evaluator
 from ..evaluate.point import EVAL_BATCH, train_one
 from ..methods.encoding import Encoding
 from ..methods.loop import DistillSettings, Report, distill
-from ..methods.synthetic import init_selection, thinned_clouds
+from ..methods.synthetic import init_synthetic, thinned_clouds
 from ..methods.trajectory import TrajectorySettings, match_trajectories
 from ..nets import NetSettings
 from .config import Config
@@ -290,7 +290,7 @@ def _run(config: Config, report: Report | None, data: Dataset | None, data_dir: 
 
     def first_stage() -> dict:
         """The initial set, distilled by the matching objective against the clouds it matches."""
-        syn, labels, picks = init_selection(cfg.init, train, data.num_classes, data.domain, cfg.clouds_per_class,
+        syn, labels, picks = init_synthetic(cfg.init, train, data.num_classes, data.domain, cfg.clouds_per_class,
                                             cfg.cloud_points, init_generator(cfg.seed), cfg.init_noise, cfg.real_cap,
                                             sampling=cfg.init_sampling, features=init_features(cfg, train, data, device))
         syn = syn.to(device)

@@ -20,7 +20,7 @@ import torch
 
 from ..core.errors import UserError
 from ..data import Dataset
-from ..methods.synthetic import SELECTIONS, SAMPLINGS, init_selection
+from ..methods.synthetic import SELECTIONS, SAMPLINGS, init_synthetic
 from .run import RunResult, dataset_options, init_generator, split_train, train_indices
 
 SELECTION_FILE = "selection.json"
@@ -103,7 +103,7 @@ def rebuild(selection: Selection, data: Dataset) -> tuple[np.ndarray, np.ndarray
         raise UserError(f"the selection's {len(indices)} indices are not {selection.clouds_per_class} training "
                         f"shapes per class of {data.name} outside its validation hold-out")
     try:
-        points, labels, _ = init_selection(selection.init, train, data.num_classes, data.domain,
+        points, labels, _ = init_synthetic(selection.init, train, data.num_classes, data.domain,
                                            selection.clouds_per_class, selection.points, init_generator(selection.seed),
                                            sampling=selection.sampling, picks=position[indices])
     except ValueError as exc:  # real: the seed draws other shapes than the ones stored
