@@ -16,7 +16,8 @@ from typing import Any, Callable, NoReturn
 
 import numpy as np
 
-from .recipe.config import DATASETS, Config, PRESETS, dataset_spec, file_preset, load_config_file, make_config, parse_assignments
+from .recipe.config import (DATASETS, EVAL_PROTOCOLS, PRESETS, Config, dataset_spec, file_preset, load_config_file,
+                            make_config, parse_assignments)
 from .core.errors import UserError
 
 # Baselines are runs without iterations, named by the initialisation they evaluate. Where the
@@ -139,24 +140,28 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return _run_and_save(cfg, args, f"baseline-{args.name}-ipc{cfg.ipc}-seed{cfg.seed}")
 
 
+def _set_values(path: Path, folder: Path | None, dataset: str | None, config: str | None = None,
+                hint: str = "") -> tuple[dict[str, Any], str | None]:
+    """``(values, preset)`` of the config a set belongs to: its run's config.yaml (or ``config``),
+    with ``dataset`` if given; for a bare set, ``dataset``'s own protocol (``hint`` ends the error
+    for a bare set without ``dataset``)."""
+    source = config or (folder / "config.yaml" if folder and (folder / "config.yaml").exists() else None)
+    if source:
+        values = load_config_file(source)
+        preset = file_preset(values, None, f"config file {source}")
+        return values | ({"dataset": dataset} if dataset else {}), preset
+    if not dataset:
+        raise UserError(f"{path} has no config.yaml beside it; say which data it is for with --dataset "
+                        f"({', '.join(DATASETS)}){hint}")
+    return {"dataset": dataset}, DATASETS[dataset].protocol  # the protocol a bare set is scored with
+
+
 def _evaluate_config(args: argparse.Namespace, folder: Path | None) -> Config:
     """The config a set is scored under: its run's config.yaml (or --config), else the dataset's
     full protocol; then --protocol (which replaces every evaluation key it names), --net, --set."""
     from .recipe.config import with_protocol
 
-    values: dict[str, Any] = {}
-    preset = None
-    source = args.config or (folder / "config.yaml" if folder and (folder / "config.yaml").exists() else None)
-    if source:
-        values = load_config_file(source)
-        preset = file_preset(values, None, f"config file {source}")
-    if args.dataset:
-        values["dataset"] = args.dataset
-    if not source:
-        if not args.dataset:
-            raise UserError(f"{args.path} has no config.yaml beside it; say which data it is for with --dataset "
-                            f"({', '.join(DATASETS)}), or give --config")
-        preset = DATASETS[args.dataset].protocol  # the protocol a bare set is scored with
+    values, preset = _set_values(Path(args.path), folder, args.dataset, args.config, ", or give --config")
     if args.protocol:
         values = with_protocol(values, args.protocol)
     if args.net:
@@ -183,7 +188,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"--record writes into a run folder's scores/; {path} is not one (a folder with config.yaml)")
     cfg = _evaluate_config(args, folder)
     if args.record and not cfg.eval_protocol:
-        raise UserError("--record files scores under a protocol's name: give --protocol (table, full or sadm)")
+        raise UserError(f"--record files scores under a protocol's name: give --protocol "
+                        f"({', '.join(sorted(EVAL_PROTOCOLS))})")
     out = Path(args.out) if args.out else None
     if out is not None and out.exists():
         raise UserError(f"--out {out} already exists; choose another path (nothing was overwritten)")
@@ -388,17 +394,10 @@ def _load_set(path: Path, data_dir: str | None, dataset: str | None = None) -> t
     from .recipe.artifacts import load_synthetic
     from .recipe.run import load_data
 
-    folder = path if path.is_dir() else path.parent
     if not path.exists():
         raise UserError(f"{path} not found; give a run folder, a cell under distilled/ or a synthetic.npz")
-    if (folder / "config.yaml").exists():
-        cfg = make_config(load_config_file(folder / "config.yaml"))
-    elif dataset:
-        cfg = make_config({"dataset": dataset}, preset=DATASETS[dataset].protocol)
-    else:
-        raise UserError(f"{path} has no config.yaml beside it; say which data it is for with --dataset "
-                        f"({', '.join(DATASETS)})")
-    data = load_data(cfg, data_dir)
+    values, preset = _set_values(path, path if path.is_dir() else path.parent, dataset)
+    data = load_data(make_config(values, preset=preset), data_dir)
     points, labels = load_synthetic(path, data=data)
     return points, labels, data
 
@@ -449,9 +448,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from .recipe.table import check_selection, load_table, render_markdown, run_table
-
     from .recipe.shipped import update_manifest
+    from .recipe.table import check_selection, load_table, render_markdown, run_table
 
     spec = load_table(args.spec)  # every cell's config validated before anything runs
     storage = Path(args.storage or "distilled")
@@ -579,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. eval_models=10")
     p.add_argument("--seed", type=int, help="the evaluation's seed (default: the config's)")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the dataset's files (else $TUNE_DISTILL_DATA, else a cache)")
-    p.add_argument("--protocol", choices=["table", "full", "sadm"],
+    p.add_argument("--protocol", choices=sorted(EVAL_PROTOCOLS),
                    help="score under this named protocol (docs/protocol-3d.md); --set eval_*=... still overrides it")
     p.add_argument("--net", choices=["pointnet", "dgcnn", "pointnet2"], help="the evaluation network (default: pointnet)")
     p.add_argument("--points-key", metavar="KEY", help="another tool's .npz: the array of points (default: points)")

@@ -41,8 +41,9 @@ def load_synthetic(path: str | os.PathLike, data: Dataset | None = None,
     one). A selection is rebuilt from its dataset: ``data`` if given, else loaded from ``data_dir``
     (else ``$TUNE_DISTILL_DATA``, else the cache)."""
     p = Path(path)
-    if p.is_dir():
-        p = p / "synthetic.npz" if (p / "synthetic.npz").exists() or not (p / SELECTION_FILE).exists() else p / SELECTION_FILE
+    if p.is_dir():  # a run folder holds both: its points load faster than a selection rebuilds
+        only_picks = (p / SELECTION_FILE).exists() and not (p / "synthetic.npz").exists()
+        p = p / (SELECTION_FILE if only_picks else "synthetic.npz")
     if p.name == SELECTION_FILE:
         selection = read_selection(p)
         if data is None:

@@ -184,20 +184,25 @@ def evaluation_splits(cfg: Config, data: Dataset, val: Clouds | None) -> dict[st
     return splits
 
 
-def make_evaluator(cfg: Config, data: Dataset, val: Clouds | None, device: torch.device) -> Evaluator:
-    """The dataset's evaluator under the config's ``eval_*`` protocol."""
-    return build_evaluator(dataset_spec(cfg.dataset).evaluator, data.domain, data.num_classes,
-                           evaluation_splits(cfg, data, val), eval_settings(cfg), device)
+def make_evaluator(cfg: Config, data: Dataset, val: Clouds | None, device: torch.device,
+                   per_class: bool = False) -> Evaluator:
+    """The dataset's evaluator under the config's ``eval_*`` protocol. ``per_class`` also scores the
+    same trained models on each class's clouds of each split, as ``"<split>/<class index>"``
+    (scoring draws nothing random: the split scores do not change)."""
+    splits = evaluation_splits(cfg, data, val)
+    if per_class:
+        splits |= {f"{name}/{k}": c.subset(torch.nonzero(c.labels == k)[:, 0])
+                   for name, c in list(splits.items()) for k in range(data.num_classes) if (c.labels == k).any()}
+    return build_evaluator(dataset_spec(cfg.dataset).evaluator, data.domain, data.num_classes, splits,
+                           eval_settings(cfg), device)
 
 
 def evaluate_set(cfg: Config, points: np.ndarray, labels: np.ndarray, data: Dataset,
                  report: Report | None = None, per_class: bool = False) -> dict[str, list[float]]:
     """Accuracies per split of ``cfg``'s evaluator on a given synthetic set (``points`` (N, P, D) in
     the dataset's frame, ``labels`` (N,)), exactly as ``run`` scores the set it distils: the same
-    splits, models and random streams, so a saved run is re-scored to the bit on the same CPU.
-
-    ``per_class`` also scores the same trained models on each class's shapes of each split, as
-    ``"<split>/<class index>"`` (scoring draws nothing random: the split scores do not change)."""
+    splits, models and random streams, so a saved run is re-scored to the bit on the same CPU
+    (``per_class``: see ``make_evaluator``)."""
     check_data(cfg, data)
     if points.ndim != 3 or points.shape[2] != data.domain.dims or labels.shape != (points.shape[0],):
         raise UserError(f"a synthetic set needs points (N, P, {data.domain.dims}) and labels (N,); "
@@ -206,12 +211,7 @@ def evaluate_set(cfg: Config, points: np.ndarray, labels: np.ndarray, data: Data
         raise UserError(f"labels must lie in 0..{data.num_classes - 1} for {data.name}; got {labels.min()}..{labels.max()}")
     device = resolve_device(cfg.device)
     _, val = split_train(data, cfg.val_size)
-    splits = evaluation_splits(cfg, data, val)
-    if per_class:
-        splits |= {f"{name}/{k}": c.subset(torch.nonzero(c.labels == k)[:, 0])
-                   for name, c in list(splits.items()) for k in range(data.num_classes) if (c.labels == k).any()}
-    evaluator = build_evaluator(dataset_spec(cfg.dataset).evaluator, data.domain, data.num_classes, splits,
-                                eval_settings(cfg), device)
+    evaluator = make_evaluator(cfg, data, val, device, per_class)
     progress = (lambda done, total: report({"eval_done": done, "eval_total": total})) if report else None
     return evaluator(torch.from_numpy(np.ascontiguousarray(points, np.float32)), torch.from_numpy(labels.astype(np.int64)),
                      eval_seed(cfg), progress)

@@ -41,11 +41,6 @@ class Selection:
     indices: tuple[int, ...]  # per cloud, grouped by class: its shape's index in the training split
     sha256: str  # of the clouds as made (float32 points, then int64 labels)
 
-    @property
-    def stored_floats(self) -> int:
-        """Floats of the set as a classifier trains on it (what its storage is compared by)."""
-        return len(self.indices) * self.points * 3
-
 
 def digest(points: np.ndarray, labels: np.ndarray) -> str:
     """SHA-256 of a set's float32 points and int64 labels: what a rebuilt selection must match."""

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from ..core.errors import UserError
 from ..data import dataset_spec
 from .artifacts import load_synthetic
+from .config import Config, load_config_file, make_config
 from .selection import SELECTION_FILE
 from .table import TableSpec, cell_dir
 
@@ -44,15 +44,14 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _own_protocol(cfg: dict) -> str:
+def _own_protocol(cfg: Config) -> str:
     """``protocol/net`` of the evaluation a cell's run made (MNIST's: the paper's ConvNets)."""
-    image = dataset_spec(cfg["dataset"]).evaluator == "image"
-    if image:
+    if dataset_spec(cfg.dataset).evaluator == "image":
         return "paper/convnet"
-    return f"{cfg.get('eval_protocol') or 'table'}/{cfg.get('eval_net') or 'pointnet'}"
+    return f"{cfg.eval_protocol or 'table'}/{cfg.eval_net}"
 
 
-def _scores(cell: Path, cfg: dict, metrics: dict) -> dict[str, dict[str, Any]]:
+def _scores(cell: Path, cfg: Config, metrics: dict) -> dict[str, dict[str, Any]]:
     """Accuracy (%) per protocol/net: the run's own evaluation, then any recorded re-scorings."""
     found = {_own_protocol(cfg): metrics}
     for extra in sorted((cell / "scores").glob("*.json")):
@@ -63,25 +62,25 @@ def _scores(cell: Path, cfg: dict, metrics: dict) -> dict[str, dict[str, Any]]:
         score = {m.get("split", "test"): round(100 * m["acc_mean"], 4), "runs": len(m.get("accuracies", []))}
         if "val_acc_mean" in m:
             score["val"] = round(100 * m["val_acc_mean"], 4)
-        score["metric"] = m.get("metric", cfg.get("eval_metric", "accuracy"))
+        score["metric"] = m.get("metric", cfg.eval_metric)
         out[key] = score
     return out
 
 
 def cell_entry(root: Path, cell: Path, table: str, row_id: str, label: str) -> dict[str, Any]:
     """One manifest entry, read from a cell folder's files."""
-    cfg = yaml.safe_load((cell / "config.yaml").read_text())
+    cfg = make_config(load_config_file(cell / "config.yaml"))  # keys added since the run: their defaults
     metrics = json.loads((cell / "metrics.json").read_text())
     stored = next((cell / name for name in (SELECTION_FILE, "synthetic.npz") if (cell / name).exists()), None)
-    ceiling = cfg["init"] == "full"
+    ceiling = cfg.init == "full"
     kind = ("ceiling" if ceiling else "selection" if stored is not None and stored.name == SELECTION_FILE
-            else "distilled" if cfg["iterations"] + cfg.get("tm_iterations", 0) else "constructed")
-    clouds, points = cfg["ipc"] * cfg.get("cloud_split", 1), cfg["points"] // cfg.get("cloud_split", 1)
+            else "distilled" if cfg.total_iterations else "constructed")
+    clouds = None if ceiling else cfg.clouds_per_class
     return {
         "path": cell.relative_to(root).as_posix(), "table": table, "id": row_id, "label": label,
-        "dataset": cfg["dataset"], "ipc": cfg["ipc"], "seed": cfg["seed"], "kind": kind,
-        "clouds_per_class": None if ceiling else clouds, "points_per_cloud": points,
-        "stored_floats_per_class": None if ceiling else clouds * points * 3,
+        "dataset": cfg.dataset, "ipc": cfg.ipc, "seed": cfg.seed, "kind": kind,
+        "clouds_per_class": clouds, "points_per_cloud": cfg.cloud_points,
+        "stored_floats_per_class": None if ceiling else clouds * cfg.cloud_points * 3,
         "file": stored.name if stored else None, "sha256": _sha256(stored) if stored else None,
         "protocol": _own_protocol(cfg), "scores": _scores(cell, cfg, metrics),
     }
