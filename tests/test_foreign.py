@@ -83,6 +83,20 @@ def test_record_files_a_run_folders_scores_and_checks_them_on_a_rerun(tmp_path, 
     assert json.loads((cell / "scores" / "table-pointnet.json").read_text()) == recorded
 
 
+def test_a_ceiling_is_scored_on_the_training_set_it_stands_for(tmp_path, capsys):
+    """A full-data ceiling stores no set: ``evaluate`` rebuilds it (every training shape outside
+    the validation hold-out, thinned as told) and files its scores like any cell's."""
+    cell = tmp_path / "full"
+    shutil.copytree(REPO / "distilled/modelnet10/full/ipc1/seed0", cell)
+    args = ["evaluate", str(cell), "--protocol", "table", "--record", *TINY, "--set", "eval_epochs=1",
+            "--set", "points=16", "--set", "init_sampling=fps", "--set", "eval_batch=64"]
+    assert main(args) == 0
+    recorded = json.loads((cell / "scores" / "table-pointnet.json").read_text())
+    assert (recorded["clouds"], recorded["points_per_cloud"]) == (3991 - 400, 16)  # ModelNet10's training shapes
+    assert main(args) == 0
+    assert "to the bit" in capsys.readouterr().out
+
+
 def _save(tmp_path: Path, points: np.ndarray, labels: np.ndarray | None = None) -> Path:
     path = tmp_path / "bad.npz"
     np.savez(path, points=points, **({} if labels is None else {"labels": labels}))

@@ -177,7 +177,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .recipe.artifacts import load_synthetic, record_scores
     from .recipe.foreign import read_set
-    from .recipe.run import evaluate_set, evaluator_record, load_data
+    from .recipe.run import ceiling_set, evaluate_set, evaluator_record, load_data
     from .recipe.shipped import find_entry
 
     path = Path(args.path)
@@ -197,6 +197,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if foreign:
         points, labels = read_set(path, data.num_classes, args.points_key or "points", args.labels_key or "labels",
                                   args.labels, args.labels_blocks, args.up)
+    elif cfg.init == "full" and path.is_dir() and not (path / "synthetic.npz").exists():
+        points, labels = ceiling_set(cfg, data)  # a ceiling's set is the training set itself
     else:
         points, labels = load_synthetic(path, data=data)  # a selection is rebuilt from the data
     report, close = _progress(0, cfg.eval_models)

@@ -235,6 +235,26 @@ def init_features(cfg: Config, train: Clouds, data: Dataset, device: torch.devic
         return torch.cat([net.embed(chunk) for chunk in x.split(EVAL_BATCH)]).cpu()
 
 
+def initial_set(cfg: Config, train: Clouds, data: Dataset,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(points, labels, picks)``: the set ``cfg.init`` makes from ``train`` before any
+    distillation (``methods.synthetic.init_synthetic``), from the seed's own random stream."""
+    return init_synthetic(cfg.init, train, data.num_classes, data.domain, cfg.clouds_per_class, cfg.cloud_points,
+                          init_generator(cfg.seed), cfg.init_noise, cfg.real_cap, sampling=cfg.init_sampling,
+                          features=init_features(cfg, train, data, device))
+
+
+def ceiling_set(cfg: Config, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The set an ``init: full`` run (the full-data ceiling) trains on, rebuilt from the data as
+    ``run`` builds it: every training shape outside the validation hold-out, thinned to the
+    config's ``points`` (``init_sampling``). A ceiling stores no set of its own."""
+    if cfg.init != "full":
+        raise UserError(f"only a full-data ceiling (init: full) is rebuilt from the data; this run has init {cfg.init!r}")
+    train, _ = split_train(data, cfg.val_size)
+    points, labels, _ = initial_set(cfg, train, data, torch.device("cpu"))
+    return points.numpy(), labels.numpy()
+
+
 def eval_seed(cfg: Config) -> int:
     return stream(cfg.seed, "eval") % 2**31
 
@@ -290,9 +310,7 @@ def _run(config: Config, report: Report | None, data: Dataset | None, data_dir: 
 
     def first_stage() -> dict:
         """The initial set, distilled by the matching objective against the clouds it matches."""
-        syn, labels, picks = init_synthetic(cfg.init, train, data.num_classes, data.domain, cfg.clouds_per_class,
-                                            cfg.cloud_points, init_generator(cfg.seed), cfg.init_noise, cfg.real_cap,
-                                            sampling=cfg.init_sampling, features=init_features(cfg, train, data, device))
+        syn, labels, picks = initial_set(cfg, train, data, device)
         syn = syn.to(device)
         # real_match compares synthetic clouds with real ones of their size, thinned the same way.
         matched = train
