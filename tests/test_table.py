@@ -68,14 +68,27 @@ def test_table_runs_cells_once_and_renders_from_disk(tmp_path, mnist_dir, capsys
     row = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| tiny distill |"))
     gain = sum(accuracy["tiny-distill", s] - accuracy["baseline-random-real", s] for s in (0, 1)) / 2
     assert row.split(" | ")[3] == f"{gain:+.2f}"
-    # A cell re-scored under another protocol gets a column of its own, saying what it rests on.
-    scores = tmp_path / "tiny" / "tiny-distill" / "ipc1" / "seed1" / "scores"
-    scores.mkdir()
-    (scores / "sadm-pointnet.json").write_text(json.dumps({"acc_mean": 0.5, "accuracies": [0.5]}))
+    # A cell re-scored under another protocol gets a column of its own, saying what it rests on,
+    # with its gain over the reference row re-scored the same way.
+    def rescore(row: str, seed: int, acc: float, points: int) -> None:
+        scores = tmp_path / "tiny" / row / "ipc1" / f"seed{seed}" / "scores"
+        scores.mkdir()
+        (scores / "sadm-pointnet.json").write_text(json.dumps(
+            {"acc_mean": acc, "accuracies": [acc, acc], "evaluator": {"eval_epochs": 500}, "points_per_cloud": points}))
+
+    rescore("tiny-distill", 1, 0.5, 150)
     assert main(["table", str(spec), "--storage", str(tmp_path), "--no-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     column = lines[0].split(" | ").index("IPC 1: sadm-pointnet test %")
-    assert next(ln for ln in lines if ln.startswith("| tiny distill |")).split(" | ")[column] == "50.00 (1 seed, 1 run)"
+    cell = next(ln for ln in lines if ln.startswith("| tiny distill |")).split(" | ")[column]
+    assert cell == "50.00 [1 seed × 2 runs, 500 epochs]"
+    rescore("baseline-random-real", 0, 0.25, 40)  # quick's clouds have 150 points: these were thinned
+    assert main(["table", str(spec), "--storage", str(tmp_path), "--no-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert next(ln for ln in lines if ln.startswith("| tiny distill |")).split(" | ")[column] == \
+        "50.00 (+25.00) [1 seed × 2 runs, 500 epochs]"
+    assert next(ln for ln in lines if ln.startswith("| baseline: random real |")).split(" | ")[column] == \
+        "25.00 [1 seed × 2 runs, 500 epochs, shapes thinned to 40 points]"
 
 
 @pytest.mark.parametrize("change,message", [

@@ -236,12 +236,13 @@ def run_table(spec: TableSpec, root: Path, load_data: Callable[[], Any], rows: l
 def collect(spec: TableSpec, root: Path) -> list[dict]:
     """One record per (row, ipc) with the per-seed test (and val) means found on disk, the seeds
     whose cell ran on a GPU (its config.yaml's device), and per re-scoring of the cells under
-    another protocol or network (``scores/<protocol>-<net>.json``) its test means and run counts."""
+    another protocol or network (``scores/<protocol>-<net>.json``) per seed its test mean, runs,
+    epochs and points per cloud."""
     records = []
     for row in spec.rows:
         for ipc in spec.ipcs:
             test, val, gpu = [], [], []
-            rescored: dict[str, list[tuple[float, int]]] = {}
+            rescored: dict[str, list[dict]] = {}
             for seed in spec.seeds:
                 cell = cell_dir(root, row, ipc, seed)
                 if (cell / "metrics.json").exists():
@@ -251,7 +252,9 @@ def collect(spec: TableSpec, root: Path) -> list[dict]:
                         val.append(100 * m["val_acc_mean"])
                     for extra in sorted((cell / "scores").glob("*.json")):
                         scored = json.loads(extra.read_text())
-                        rescored.setdefault(extra.stem, []).append((100 * scored["acc_mean"], len(scored["accuracies"])))
+                        rescored.setdefault(extra.stem, []).append(
+                            {"test": 100 * scored["acc_mean"], "runs": len(scored["accuracies"]),
+                             "epochs": scored["evaluator"]["eval_epochs"], "points": scored["points_per_cloud"]})
                     config = cell / "config.yaml"
                     if config.exists() and (yaml.safe_load(config.read_text()) or {}).get("device") not in (None, "cpu"):
                         gpu.append(seed)
@@ -268,14 +271,24 @@ def _cell(values: list[float], runs: bool = True) -> str:
     return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
 
 
-def _rescored(scores: list[tuple[float, int]]) -> str:
-    """A re-scored cell: mean over its seeds, with how many seeds and runs per seed it rests on."""
+def _rescored(scores: list[dict], reference: list[dict], points: int) -> str:
+    """A re-scored cell: mean over its seeds, its gain over the reference row re-scored the same
+    way, and what it rests on (seeds, runs per seed, epochs; the points per training cloud when the
+    scores were made on clouds thinned from the row's ``points``)."""
     if not scores:
         return "—"
-    values, runs = [v for v, _ in scores], sorted({n for _, n in scores})
+    values = [s["test"] for s in scores]
     spread = f" ± {np.std(values):.2f}" if len(values) > 1 else ""
-    return f"{np.mean(values):.2f}{spread} ({len(values)} seed{'s' * (len(values) > 1)}, " \
-           f"{'/'.join(map(str, runs))} run{'s' * (runs != [1])})"
+    gain = f" ({np.mean(values) - np.mean([r['test'] for r in reference]):+.2f})" if reference else ""
+
+    def each(key: str) -> str:
+        return "/".join(map(str, sorted({s[key] for s in scores})))
+
+    runs = each("runs")
+    thinned = sorted({s["points"] for s in scores} - {points})
+    at = f", shapes thinned to {'/'.join(map(str, thinned))} points" if thinned else ""
+    return f"{np.mean(values):.2f}{spread}{gain} [{len(values)} seed{'s' * (len(values) > 1)} × {runs} " \
+           f"run{'s' * (runs != '1')}, {each('epochs')} epochs{at}]"
 
 
 def render_markdown(spec: TableSpec, root: Path) -> str:
@@ -306,7 +319,10 @@ def render_markdown(spec: TableSpec, root: Path) -> str:
             cells += [f"{np.mean(mine[i]['test']) - np.mean(base[i]):+.2f}" if mine[i]["test"] and base[i] else "—"
                       for i in ipcs]
         cells += [_cell(mine[i]["val"], row.runs_at(i)) for i in ipcs]
-        cells += [_rescored(mine[i]["rescored"].get(k, [])) for k in keys for i in ipcs]
+        points = {i: spec.config(row, i, spec.seeds[0]).cloud_points for i in runs}
+        refs = {r["ipc"]: r["rescored"] for r in records if reference is not None and r["row"] == reference.label}
+        cells += [_rescored(mine[i]["rescored"].get(k, []), refs.get(i, {}).get(k, []) if row is not reference else [],
+                            points.get(i, 0)) for k in keys for i in ipcs]
         cells += [f"{mine[i]['paper']}" if mine[i]["paper"] is not None else "—" for i in ipcs]
         cells.append(" / ".join(str(mine[i]["seeds"]) if row.runs_at(i) else "—" for i in ipcs))
         lines.append("| " + " | ".join(cells) + " |")
