@@ -10,7 +10,11 @@ import torch
 from tune_distill import make_config, run
 from tune_distill.core.errors import UserError
 from tune_distill.methods.matching import distribution_match, quantile_embedding
-from tune_distill.nets import PointNet
+from tune_distill.core.types import PointBatch
+from tune_distill.data.points import augment_clouds
+from tune_distill.methods.loop import Distillation
+from tune_distill.nets import NetSettings, PointNet
+from tune_distill.recipe.run import distill_settings, settings
 
 TINY = dict(iterations=3, batch_real=4, width=16, eval_models=1, eval_epochs=2, eval_width=8, eval_depth=2,
             eval_test_size=60, log_every=1)
@@ -122,3 +126,28 @@ def test_herding_in_a_trained_pointnets_features_chooses_other_shapes(modelnet10
     assert not torch.equal(picks(features), picks(None))
     with pytest.raises(UserError, match="init_features=pointnet embeds 3D shapes"):
         make_config({"init_features": "pointnet"}, preset="quick")
+
+
+def test_matching_under_the_evaluators_augmentation_draws_what_the_evaluator_draws(modelnet10):
+    """aug_kind=evaluator gives every real and synthetic cloud its own draw of the evaluator's own
+    training augmentation (the same function, the same random numbers in the same order),
+    differentiably in the synthetic points; a run under it is deterministic and differs from DSA's."""
+    cfg = make_config(dict(TINY, points=64, augment=True, aug_kind="evaluator"), preset="modelnet10-quick")
+    syn = torch.rand(10, 64, 3) - 0.5
+    distillation = Distillation(distill_settings(cfg), settings(NetSettings, cfg), modelnet10.train, 10,
+                                modelnet10.domain, syn, torch.device("cpu"))
+    real = distillation.real_batch(0, 4)
+    mine = PointBatch.from_padded(syn[:1])
+    seed = distillation.aug_gen.initial_seed()
+    out_real, out_mine = distillation.augmented(real, mine)
+    g = torch.Generator().manual_seed(seed)
+    up = modelnet10.domain.up
+    assert torch.equal(out_real.padded(), augment_clouds(real.padded(), g, up, rotate=False))
+    assert torch.equal(out_mine.padded(), augment_clouds(syn[:1], g, up, rotate=False))
+    out_mine.points.sum().backward()
+    assert syn.grad.abs().sum() > 0
+    mine_run = run(cfg, data=modelnet10)
+    assert run(cfg, data=modelnet10).points.tobytes() == mine_run.points.tobytes()
+    assert not np.array_equal(run(cfg.replace(aug_kind="dsa"), data=modelnet10).points, mine_run.points)
+    with pytest.raises(UserError, match="aug_kind=evaluator draws the point evaluator's augmentation"):
+        make_config({"aug_kind": "evaluator"}, preset="quick")

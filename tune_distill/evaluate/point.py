@@ -14,7 +14,6 @@ choose anything.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 
 from ..core.seeding import seeded
 from ..core.types import Clouds, Domain
+from ..data.points import augment_clouds
 from ..nets.dgcnn import DGCNN
 from ..nets.pointnet import PointNet
 from ..nets.pointnet2 import PointNet2
@@ -35,22 +35,6 @@ EVAL_BATCH = 256  # test clouds per forward pass (one model)
 # DGCNN and PointNet++ hold a (clouds, points, neighbours, channels) tensor: fewer clouds at once.
 NET_EVAL_BATCH = {"pointnet": EVAL_BATCH, "dgcnn": 16, "pointnet2": 32}
 MAX_DRAWN = 16  # clouds of a class in a picture (a split set has hundreds)
-
-
-def augment_clouds(x: torch.Tensor, generator: torch.Generator, up: int, rotate: bool) -> torch.Tensor:
-    """Scale, shift and jitter (and optionally rotate about ``up``) each cloud of (B, P, 3)."""
-    b, p, d = x.shape
-    scale = 0.8 + 0.45 * torch.rand(b, 1, 1, generator=generator)
-    shift = 0.2 * torch.rand(b, 1, d, generator=generator) - 0.1
-    jitter = (0.01 * torch.randn(b, p, d, generator=generator)).clamp(-0.05, 0.05)
-    x = x * scale.to(x) + shift.to(x) + jitter.to(x)
-    if rotate:
-        angle = 2 * math.pi * torch.rand(b, generator=generator)
-        a, c = (i for i in range(d) if i != up)
-        rot = torch.eye(d).repeat(b, 1, 1)
-        rot[:, a, a], rot[:, a, c], rot[:, c, a], rot[:, c, c] = angle.cos(), -angle.sin(), angle.sin(), angle.cos()
-        x = x @ rot.transpose(1, 2).to(x)
-    return x
 
 
 def _train(train_x: torch.Tensor, train_y: torch.Tensor, generators: Sequence[torch.Generator], settings: EvalSettings,

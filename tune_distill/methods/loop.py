@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ..core.seeding import stream
 from ..core.types import Clouds, Domain, PointBatch
+from ..data.points import augment_clouds
 from ..nets import NetSettings, build_distill_net
 from .augment import sample_transform
 from .encoding import Encoding
@@ -59,6 +60,7 @@ class DistillSettings:
     aug_scale: float = 0.1
     aug_translate: float = 0.1
     aug_jitter: float = 0.0
+    aug_kind: str = "dsa"  # dsa | evaluator (see Distillation.augmented)
     snap_every: int = 0
     snap_final: bool = False
     log_every: int = 10
@@ -162,6 +164,23 @@ class Distillation:
         pick = members[torch.randperm(len(members), generator=self.real_gen)[:n].to(self.device)]
         return self.clouds.batch(pick, self.cfg.real_cap)
 
+    def augmented(self, real: PointBatch, mine: PointBatch) -> tuple[PointBatch, PointBatch]:
+        """The real batch and a class's synthetic clouds under this step's augmentation.
+
+        ``dsa``: one ``sample_transform`` for both, so matching compares like with like (DSA).
+        ``evaluator``: every cloud its own draw of the 3D evaluator's training augmentation
+        (``data.points.augment_clouds``: scale, shift, jitter), the real clouds first; the
+        objective then matches the augmented distributions, so the set is learned for the way the
+        classifiers that judge it are trained on it.
+        """
+        cfg = self.cfg
+        if cfg.aug_kind == "evaluator":
+            up = self.domain.up
+            real = PointBatch.from_padded(augment_clouds(real.padded(), self.aug_gen, up, rotate=False))
+            return real, PointBatch.from_padded(augment_clouds(mine.padded(), self.aug_gen, up, rotate=False))
+        t = sample_transform(self.domain, cfg.aug_rotate, cfg.aug_scale, cfg.aug_translate, cfg.aug_jitter, self.aug_gen)
+        return t(real), t(mine)
+
     def pretrain(self, net: torch.nn.Module, seed: int) -> None:
         """Train a fresh network on real batches of all classes (the paper's proposed future work)."""
         cfg, clouds = self.cfg, self.clouds
@@ -189,9 +208,7 @@ class Distillation:
                 real = self.real_batch(c, cfg.batch_real)
                 mine = PointBatch.from_padded(syn[c * n : (c + 1) * n])
                 if cfg.augment:
-                    t = sample_transform(domain, cfg.aug_rotate, cfg.aug_scale, cfg.aug_translate, cfg.aug_jitter,
-                                         self.aug_gen)
-                    real, mine = t(real), t(mine)
+                    real, mine = self.augmented(real, mine)
                     if domain.grid_shape is not None and not _any_inside(mine, self.grid_shape):
                         # Points are clamped into the grid, so only a cloud collapsed onto its border
                         # can be moved wholly outside it; it would have no splat to match.

@@ -99,6 +99,10 @@ class Config(BaseModel):
     aug_scale: float = Field(0.1, ge=0, lt=1, description="max relative scale change")
     aug_translate: float = Field(0.1, ge=0, lt=1, description="max shift as a fraction of the grid")
     aug_jitter: float = Field(0.0, ge=0, le=5, description="per-point noise std (cells)")
+    aug_kind: Literal["dsa", "evaluator"] = Field(
+        "dsa", description="augment=true: dsa (one aug_* transform per step for the real batch and the synthetic "
+        "clouds) or evaluator (3D: every cloud, real and synthetic, its own draw of the point evaluator's "
+        "training augmentation, so the set is matched as the classifiers will see it; aug_* unused)")
 
     # Trajectory matching, after the objective above (tune_distill/methods/trajectory.py) ---------------
     tm_iterations: int = Field(0, ge=0, le=1_000_000, description="then refine by trajectory matching for N iterations (0: off)")
@@ -207,6 +211,8 @@ class Config(BaseModel):
                              f"or init_features=occupancy")
         if self.norm == "batch" and self.family != "pointnet":
             raise ValueError("norm=batch is for family=pointnet; voxel networks take none or instance")
+        if image and self.aug_kind == "evaluator":
+            raise ValueError("aug_kind=evaluator draws the point evaluator's augmentation; images take aug_kind=dsa")
         if image and (self.eval_protocol or self.eval_net != "pointnet"):
             raise ValueError(f"eval_protocol and eval_net choose 3D evaluators; {self.dataset} is judged by its image "
                              "ConvNet: unset them, or use a point-cloud dataset")
