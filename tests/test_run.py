@@ -24,13 +24,15 @@ def test_same_config_same_result(mnist):
 
 def test_quick_style_run_beats_chance_and_moves_points(mnist):
     reports = []
-    cfg = make_config(dict(TINY, eval_at=[2]), preset="quick")
+    cfg = make_config(dict(TINY, eval_at=[2], val_size=200), preset="quick")
     result = run(cfg, report=reports.append, data=mnist)
     assert result.acc_mean > 0.3  # chance is 0.1
     assert result.points.shape == (10, 120, 3) and result.labels.tolist() == list(range(10))
     assert [r["iteration"] for r in result.history] == [0, 2, 3]
     assert all(r["delta_abs"] > 0 and r["grad_abs"] > 0 for r in result.history)
     assert [e["iteration"] for e in result.evaluations] == [2]
+    # Validation is scored beside test at an eval_at iteration: the iteration count is chosen on it.
+    assert 0.1 < result.evaluations[0]["val_acc_mean"] <= 1
     assert any("acc_mean" in r for r in reports) and any("loss" in r for r in reports)
     assert result.seconds >= result.distill_seconds > 0 and result.eval_seconds > 0
 

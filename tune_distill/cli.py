@@ -82,8 +82,9 @@ def _progress(total: int, models: int) -> tuple[Callable[[dict], None], Callable
             bar.update(row["iteration"] + 1 - bar.n)
             bar.set_postfix(loss=f"{row['loss']:.4g}", grad=f"{row['grad_abs']:.2g}", moved=f"{row['delta_abs']:.2g}")
         elif "acc_mean" in row:
-            tqdm.write(f"iteration {row['iteration']}: accuracy {100 * row['acc_mean']:.2f} ± {100 * row['acc_std']:.2f} %",
-                       file=sys.stderr)
+            also = "".join(f", {k.removesuffix('_acc_mean')} {100 * v:.2f} %" for k, v in row.items() if k.endswith("_acc_mean"))
+            tqdm.write(f"iteration {row['iteration']}: accuracy {100 * row['acc_mean']:.2f} ± {100 * row['acc_std']:.2f} %"
+                       f"{also}", file=sys.stderr)
         elif "eval_done" in row:
             if "eval" not in bars:
                 if bar is not None:
