@@ -307,22 +307,21 @@ def render_markdown(spec: TableSpec, root: Path) -> str:
         [f"{published}, IPC {i}" for i in ipcs] + ["seeds"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
+    base = {r["ipc"]: r for r in records if reference is not None and r["row"] == reference.label}
     for row in spec.rows:
         mine = {r["ipc"]: r for r in records if r["row"] == row.label}
-        runs = [i for i in ipcs if row.runs_at(i)]
         # One IPC is one cloud of ``points`` points of storage, split into cloud_split clouds.
-        shapes = sorted({(c.cloud_split, c.cloud_points) for c in (spec.config(row, i, spec.seeds[0]) for i in runs)})
+        configs = {i: spec.config(row, i, spec.seeds[0]) for i in ipcs if row.runs_at(i)}
+        shapes = sorted({(c.cloud_split, c.cloud_points) for c in configs.values()})
         cells = [row.label, " / ".join(f"{n} × {p}" for n, p in shapes) or "—"]
         cells += [_cell(mine[i]["test"], row.runs_at(i)) for i in ipcs]
         if reference is not None:
-            base = {r["ipc"]: r["test"] for r in records if r["row"] == reference.label}
-            cells += [f"{np.mean(mine[i]['test']) - np.mean(base[i]):+.2f}" if mine[i]["test"] and base[i] else "—"
-                      for i in ipcs]
+            cells += [f"{np.mean(mine[i]['test']) - np.mean(base[i]['test']):+.2f}"
+                      if mine[i]["test"] and base[i]["test"] else "—" for i in ipcs]
         cells += [_cell(mine[i]["val"], row.runs_at(i)) for i in ipcs]
-        points = {i: spec.config(row, i, spec.seeds[0]).cloud_points for i in runs}
-        refs = {r["ipc"]: r["rescored"] for r in records if reference is not None and r["row"] == reference.label}
-        cells += [_rescored(mine[i]["rescored"].get(k, []), refs.get(i, {}).get(k, []) if row is not reference else [],
-                            points.get(i, 0)) for k in keys for i in ipcs]
+        cells += [_rescored(mine[i]["rescored"].get(k, []),
+                            base[i]["rescored"].get(k, []) if reference is not None and row is not reference else [],
+                            configs[i].cloud_points if i in configs else 0) for k in keys for i in ipcs]
         cells += [f"{mine[i]['paper']}" if mine[i]["paper"] is not None else "—" for i in ipcs]
         cells.append(" / ".join(str(mine[i]["seeds"]) if row.runs_at(i) else "—" for i in ipcs))
         lines.append("| " + " | ".join(cells) + " |")
