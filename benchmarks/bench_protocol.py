@@ -87,7 +87,7 @@ def main() -> None:
     settings = eval_settings(config)
     peak = matmul_peak(args.threads)
     data = load_dataset(config.dataset, args.data_dir or REPO.parent / "shared" / "data" / f"{config.dataset}_pcd1024")
-    points, labels = load_synthetic(cell)
+    points, labels = load_synthetic(cell, data=data)
     train_x, train_y = torch.from_numpy(points), torch.from_numpy(labels)
     _, val = split_train(data, config.val_size)
     scored = sum(len(c) for c in evaluation_splits(config, data, val).values())
