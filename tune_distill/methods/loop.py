@@ -24,6 +24,7 @@ from ..nets import NetSettings, build_distill_net
 from .augment import sample_transform
 from .encoding import Encoding
 from .matching import OBJECTIVES
+from .morph import blends
 from .synthetic import snap
 
 Report = Callable[[dict], None]
@@ -51,6 +52,7 @@ class DistillSettings:
     lr_net: float = 0.01
     optimizer: str = "sgd"
     lr: float = 0.1
+    mix_lr: float = 10.0  # SGD step size on the blends' logits (``morph``), when the set has blends
     momentum: float = 0.5
     lr_schedule: str = "constant"
     batch_real: int = 256
@@ -134,8 +136,9 @@ class Distillation:
     it and logs it."""
 
     def __init__(self, cfg: DistillSettings, net_settings: NetSettings, clouds: Clouds, num_classes: int,
-                 domain: Domain, syn: torch.Tensor, device: torch.device) -> None:
+                 domain: Domain, syn: torch.Tensor, device: torch.device, mix: torch.Tensor | None = None) -> None:
         self.cfg, self.num_classes, self.domain, self.syn, self.device = cfg, num_classes, domain, syn, device
+        self.mix = mix
         self.encoding, self.sparse = cfg.encoding, net_settings.family == "sparse"
         self.grid_shape, self.scale, self.offset = domain.voxels(cfg.voxel_res)
         in_channels = self.encoding.in_channels(domain.dims)
@@ -150,11 +153,24 @@ class Distillation:
 
         self.networks = _Networks(cfg, make, self.pretrain)
         syn.requires_grad_(True)
-        self.opt = (torch.optim.SGD([syn], lr=cfg.lr, momentum=cfg.momentum) if cfg.optimizer == "sgd"
-                    else torch.optim.Adam([syn], lr=cfg.lr))
+        groups: list[dict] = [{"params": [syn]}]
+        if mix is not None:
+            groups.append({"params": [mix.requires_grad_(True)], "lr": cfg.mix_lr})
+        self.opt = (torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum) if cfg.optimizer == "sgd"
+                    else torch.optim.Adam(groups, lr=cfg.lr))
         self.schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, cfg.iterations))
                          if cfg.lr_schedule == "cosine" else None)
         self.clouds_per_class = len(syn) // num_classes
+
+    def training_clouds(self, c: int) -> torch.Tensor:
+        """Class ``c``'s synthetic clouds as the evaluator will train on them: its stored clouds,
+        then (with ``mix``) their blends (``morph.blends``)."""
+        n = self.clouds_per_class
+        anchors = self.syn[c * n : (c + 1) * n]
+        if self.mix is None:
+            return anchors
+        m = len(self.mix) // self.num_classes
+        return torch.cat([anchors, blends(anchors, self.mix[c * m : (c + 1) * m])])
 
     def encode(self, batch: PointBatch):
         return self.encoding(batch.affine(self.scale, self.offset), self.grid_shape, self.sparse)
@@ -196,7 +212,7 @@ class Distillation:
     def step(self, it: int) -> dict[str, float]:
         """One iteration: keep the points in their domain, pick the network, then per outer step
         one optimizer step on the summed per-class objective. Returns what the log shows."""
-        cfg, syn, domain, device, n = self.cfg, self.syn, self.domain, self.device, self.clouds_per_class
+        cfg, syn, domain, device = self.cfg, self.syn, self.domain, self.device
         domain.project(syn)
         if cfg.snap_every and it > 0 and it % cfg.snap_every == 0:
             snap_points(self.encoding, syn, self.grid_shape)
@@ -206,7 +222,7 @@ class Distillation:
             loss = syn.new_zeros(())
             for c in range(self.num_classes):
                 real = self.real_batch(c, cfg.batch_real)
-                mine = PointBatch.from_padded(syn[c * n : (c + 1) * n])
+                mine = PointBatch.from_padded(self.training_clouds(c))
                 if cfg.augment:
                     real, mine = self.augmented(real, mine)
                     if domain.grid_shape is not None and not _any_inside(mine, self.grid_shape):
@@ -214,7 +230,7 @@ class Distillation:
                         # can be moved wholly outside it; it would have no splat to match.
                         raise FloatingPointError(f"class {c}'s synthetic points all sit on the grid's border, and the "
                                                  f"augmentation moved every one outside it at iteration {it}; lower lr")
-                y_real, y_syn = torch.full((real.size,), c, device=device), torch.full((n,), c, device=device)
+                y_real, y_syn = torch.full((real.size,), c, device=device), torch.full((mine.size,), c, device=device)
                 loss = loss + self.objective(net, self.encode(real), y_real, self.encode(mine), y_syn)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"matching loss is {loss.item()} at iteration {it}; lower lr")
@@ -228,8 +244,10 @@ class Distillation:
             delta_abs = (syn.detach() - before).abs().mean().item()
             if outer == cfg.outer_loop - 1:
                 break
-            _train_on_synthetic(net, self.encode, syn.detach(), self.num_classes, n, cfg.inner_loop, cfg.lr_net,
-                                device)
+            with torch.no_grad():
+                clouds = torch.cat([self.training_clouds(c) for c in range(self.num_classes)])
+            _train_on_synthetic(net, self.encode, clouds, self.num_classes, len(clouds) // self.num_classes,
+                                cfg.inner_loop, cfg.lr_net, device)
         if self.schedule is not None:
             self.schedule.step()
         return {"loss": loss.item(), "grad_abs": grad_abs, "delta_abs": delta_abs}
@@ -239,6 +257,8 @@ class Distillation:
         if self.cfg.snap_final and self.cfg.iterations > 0:  # a baseline (no iterations) stays the real clouds it picked
             snap_points(self.encoding, self.syn, self.grid_shape)
         self.syn.requires_grad_(False)
+        if self.mix is not None:
+            self.mix.requires_grad_(False)
 
 
 def distill(
@@ -251,13 +271,16 @@ def distill(
     device: torch.device,
     report: Report | None = None,
     evaluate_at: Callable[[int, torch.Tensor], None] | None = None,
+    mix: torch.Tensor | None = None,
 ) -> list[dict]:
-    """Optimise ``syn`` (num_classes * clouds per class, P, D) in place; return the logged history.
+    """Optimise ``syn`` (num_classes * clouds per class, P, D) in place, and with ``mix`` the
+    logits of its blends (``morph.blends``: num_classes * blends per class rows); return the
+    logged history.
 
     ``clouds`` are the real training clouds the distillation may see (never validation or test).
     ``evaluate_at(iteration, points)`` is called at each iteration listed in ``cfg.eval_at``.
     """
-    run = Distillation(cfg, net_settings, clouds, num_classes, domain, syn, device)
+    run = Distillation(cfg, net_settings, clouds, num_classes, domain, syn, device, mix)
     log = IterationLog(cfg.log_every, cfg.iterations, report)
     for it in range(cfg.iterations):
         if evaluate_at is not None and it in cfg.eval_at:

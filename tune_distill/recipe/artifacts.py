@@ -1,7 +1,8 @@
 """What a run leaves on disk, and reading it back.
 
 A run folder holds ``synthetic.npz`` (``points`` float32 (N, P, D): grid coordinates for
-MNIST, the unit ball's xyz for 3D shapes; ``labels`` int64 (N,)), ``synthetic.png`` (the set as
+MNIST, the unit ball's xyz for 3D shapes; ``labels`` int64 (N,); for a set with blends also
+``mix``, their logits (``methods.morph``)), ``synthetic.png`` (the set as
 its evaluator sees it, one row per class),
 ``metrics.json``, ``history.csv`` and ``config.yaml`` (the full resolved config, readable by
 ``tune-distill run --config``); a selection of real shapes also ``selection.json`` (which shapes,
@@ -26,20 +27,23 @@ from ..core.errors import UserError
 from ..core.types import Domain
 from ..data import Dataset, dataset_spec, load_dataset
 from ..evaluate import draw_set
+from ..methods.morph import expanded
 from .selection import SELECTION_FILE, read_selection, rebuild, selection_of, write_selection
 
 if TYPE_CHECKING:
     from .run import RunResult
 
-def save_synthetic(path: Path, points: np.ndarray, labels: np.ndarray) -> None:
-    np.savez_compressed(path, points=points.astype(np.float32), labels=labels.astype(np.int64))
+def save_synthetic(path: Path, points: np.ndarray, labels: np.ndarray, mix: np.ndarray | None = None) -> None:
+    blends = {} if mix is None else {"mix": mix.astype(np.float32)}
+    np.savez_compressed(path, points=points.astype(np.float32), labels=labels.astype(np.int64), **blends)
 
 
 def load_synthetic(path: str | os.PathLike, data: Dataset | None = None,
                    data_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(points, labels)`` from a ``synthetic.npz`` or a ``selection.json`` (or the folder holding
-    one). A selection is rebuilt from its dataset: ``data`` if given, else loaded from ``data_dir``
-    (else ``$TUNE_DISTILL_DATA``, else the cache)."""
+    """``(points, labels)`` that a classifier trains on, from a ``synthetic.npz`` or a
+    ``selection.json`` (or the folder holding one): a set with blends (``mix``) comes with them
+    (``methods.morph.expanded``). A selection is rebuilt from its dataset: ``data`` if given,
+    else loaded from ``data_dir`` (else ``$TUNE_DISTILL_DATA``, else the cache)."""
     p = Path(path)
     if p.is_dir():  # a run folder holds both: its points load faster than a selection rebuilds
         only_picks = (p / SELECTION_FILE).exists() and not (p / "synthetic.npz").exists()
@@ -51,9 +55,16 @@ def load_synthetic(path: str | os.PathLike, data: Dataset | None = None,
         return rebuild(selection, data)
     try:
         with np.load(p) as f:
-            return f["points"], f["labels"]
+            points, labels, mix = f["points"], f["labels"], f["mix"] if "mix" in f else None
     except (OSError, KeyError, ValueError) as exc:
         raise UserError(f"cannot read a synthetic set from {p} ({exc}); expected a synthetic.npz with points and labels") from None
+    if mix is None:
+        return points, labels
+    try:
+        points_t, labels_t = expanded(torch.from_numpy(points), torch.from_numpy(labels), torch.from_numpy(mix))
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(f"{p}: its blends' logits {mix.shape} do not fit its {points.shape[0]} clouds ({exc})") from None
+    return points_t.numpy(), labels_t.numpy()
 
 
 def record_scores(cell: str | os.PathLike, name: str, result: dict) -> tuple[Path, bool | None]:
@@ -93,7 +104,7 @@ def save_run(result: "RunResult", out: str | os.PathLike, shipped: bool = False)
     if selection is not None:
         write_selection(selection, out)
     if result.config.init != "full" and not (shipped and selection is not None):
-        save_synthetic(out / "synthetic.npz", result.points, result.labels)
+        save_synthetic(out / "synthetic.npz", result.points, result.labels, result.mix)
     if result.config.init != "full" and not shipped:
         save_picture(out / "synthetic.png", result.points, result.labels, result.domain, result.class_names)
     (out / "metrics.json").write_text(json.dumps(result.metrics(), indent=2))

@@ -40,6 +40,11 @@ class Config(BaseModel):
     cloud_split: int = Field(
         1, ge=1, le=1024, description="store each of the ipc clouds as this many clouds of points / cloud_split "
         "points: the same storage per class in more, smaller clouds")
+    morphs: int = Field(
+        0, ge=0, le=1024, description="3D: per ipc cloud, this many more training clouds, each a blend of its "
+        "cloud_split anchor clouds point by point under learned softmax weights (3DDP); the storage counts each "
+        "blend's cloud_split logits")
+    mix_lr: float = Field(10.0, gt=0, le=1000, description="morphs > 0: SGD step size on the blends' logits")
     init: Literal["uniform", "gaussian", "real", "real_noise", "herding", "kcenter", "class_mean_topk", "full"] = Field(
         "uniform", description="full: every training cloud, the full-data ceiling (iterations=0)")
     init_sampling: Literal["random", "fps"] = Field(
@@ -203,6 +208,9 @@ class Config(BaseModel):
         if self.points % self.cloud_split:
             raise ValueError(f"points={self.points} does not split into cloud_split={self.cloud_split} equal clouds: "
                              "choose a cloud_split that divides points")
+        if self.morphs and (image or self.cloud_split < 2 or self.init == "full"):
+            raise ValueError("morphs blends the cloud_split anchor clouds of each ipc cloud of a 3D set: use a point-cloud "
+                             "dataset, cloud_split >= 2 and an init other than full, or morphs=0")
         if self.dm_embedding == "quantiles" and self.family != "pointnet":
             raise ValueError("dm_embedding=quantiles reads per-point features: set family=pointnet, or dm_embedding=pooled")
         if self.init_features == "pointnet" and image:

@@ -30,6 +30,7 @@ from ..evaluate import EvalSettings, Evaluator, build_evaluator
 from ..evaluate.point import EVAL_BATCH, train_one
 from ..methods.encoding import Encoding
 from ..methods.loop import DistillSettings, Report, distill
+from ..methods.morph import aligned, expanded
 from ..methods.synthetic import init_synthetic, thinned_clouds
 from ..methods.trajectory import TrajectorySettings, match_trajectories
 from ..nets import NetSettings
@@ -61,6 +62,9 @@ class RunResult:
     # A selection (real shapes picked and thinned, never moved): the index in the dataset's training
     # split of the shape behind each cloud; None when the points were learned or not real shapes.
     picks: np.ndarray | None = None
+    # With morphs: the logits of the blends of ``points`` (``methods.morph``), float32 (N blends,
+    # cloud_split); the evaluator trains on ``training_set()``.
+    mix: np.ndarray | None = None
     seconds: float = 0.0
     distill_seconds: float = 0.0
     eval_seconds: float = 0.0
@@ -80,8 +84,17 @@ class RunResult:
 
     @property
     def stored_floats(self) -> float:
-        """Floats the synthetic set stores per class: every stored coordinate (3 per point)."""
-        return float(self.points.size / len(np.unique(self.labels)))
+        """Floats the synthetic set stores per class: every stored coordinate (3 per point), and
+        every logit of its blends."""
+        mixed = 0 if self.mix is None else self.mix.size
+        return float((self.points.size + mixed) / len(np.unique(self.labels)))
+
+    def training_set(self) -> tuple[np.ndarray, np.ndarray]:
+        """The clouds the evaluator trains on: the stored ones, then their blends (with ``mix``)."""
+        if self.mix is None:
+            return self.points, self.labels
+        points, labels = expanded(torch.from_numpy(self.points), torch.from_numpy(self.labels), torch.from_numpy(self.mix))
+        return points.numpy(), labels.numpy()
 
     def metrics(self) -> dict:
         """The summary written to ``metrics.json`` and reported to Tune."""
@@ -311,7 +324,16 @@ def _run(config: Config, report: Report | None, data: Dataset | None, data_dir: 
     def first_stage() -> dict:
         """The initial set, distilled by the matching objective against the clouds it matches."""
         syn, labels, picks = initial_set(cfg, train, data, device)
-        syn = syn.to(device)
+        syn, mix = syn.to(device), None
+        if cfg.morphs:
+            # Blends need corresponding points across an ipc cloud's anchors; the logits start at
+            # random, as 3DDP's do.
+            syn, picks = aligned(syn, cfg.cloud_split), None
+            mix_gen = torch.Generator().manual_seed(stream(cfg.seed, "mix"))
+            mix = torch.randn(data.num_classes * cfg.ipc * cfg.morphs, cfg.cloud_split, generator=mix_gen).to(device)
+
+        def trained_on(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return (points, labels) if mix is None else expanded(points, labels.to(device), mix.detach())
         # real_match compares synthetic clouds with real ones of their size, thinned the same way.
         matched = train
         if cfg.real_match and cfg.init_sampling != "random" and cfg.iterations:
@@ -319,7 +341,7 @@ def _run(config: Config, report: Report | None, data: Dataset | None, data_dir: 
             matched = thinned_clouds(train, cfg.cloud_points, thin_gen, cfg.init_sampling)
 
         def evaluate_at(it: int, points: torch.Tensor) -> None:
-            scores = evaluate(points, labels)
+            scores = evaluate(*trained_on(points))
             accs = scores.pop(cfg.eval_split)
             row = {"iteration": it, "acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs)), "accuracies": accs}
             # The other splits the same models scored (validation beside test): what to choose an
@@ -330,8 +352,9 @@ def _run(config: Config, report: Report | None, data: Dataset | None, data_dir: 
                 report(dict(row))
 
         history = distill(distill_settings(cfg), settings(NetSettings, cfg), matched, data.num_classes, data.domain,
-                          syn, device, report, evaluate_at)
-        return {"points": syn.detach().cpu(), "labels": labels, "history": history, "picks": picks}
+                          syn, device, report, evaluate_at, mix)
+        return {"points": syn.detach().cpu(), "labels": labels, "history": history, "picks": picks,
+                "mix": None if mix is None else mix.detach().cpu()}
 
     if cfg.tm_iterations and not cfg.eval_at:
         # A trajectory-matching search varies only the tm_* settings: every trial of a seed
@@ -339,7 +362,7 @@ def _run(config: Config, report: Report | None, data: Dataset | None, data_dir: 
         stage = cached(cache_path("stages", first_stage_spec(cfg, device), train, STAGE_CODE), first_stage)
     else:
         stage = first_stage()
-    syn, labels, history = stage["points"].to(device), stage["labels"], stage["history"]
+    syn, labels, history, mix = stage["points"].to(device), stage["labels"], stage["history"], stage.get("mix")
     # A selection (nothing distilled, so never a cached stage): which training clouds it picked.
     picks = None if cfg.total_iterations or stage["picks"] is None else train_indices(data, cfg.val_size)[stage["picks"]]
     if cfg.tm_iterations:
@@ -347,7 +370,7 @@ def _run(config: Config, report: Report | None, data: Dataset | None, data_dir: 
         history += match_trajectories(trajectory_settings(cfg), train, data.num_classes, data.domain, syn, labels,
                                       device, report, data_id)
     distill_seconds = time.perf_counter() - started - eval_time
-    scores = evaluate(syn, labels)
+    scores = evaluate(*((syn, labels) if mix is None else expanded(syn, labels.to(device), mix.to(device))))
     accuracies = scores.pop(cfg.eval_split)
     return RunResult(
         config=cfg,
@@ -361,6 +384,7 @@ def _run(config: Config, report: Report | None, data: Dataset | None, data_dir: 
         other_accuracies=scores,
         evaluations=evaluations,
         picks=None if picks is None else picks.numpy(),
+        mix=None if mix is None else mix.numpy().astype(np.float32),
         seconds=time.perf_counter() - started,
         distill_seconds=distill_seconds,
         eval_seconds=eval_time,
