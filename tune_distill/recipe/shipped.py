@@ -80,7 +80,9 @@ def cell_entry(root: Path, cell: Path, table: str, row_id: str, label: str) -> d
         "path": cell.relative_to(root).as_posix(), "table": table, "id": row_id, "label": label,
         "dataset": cfg.dataset, "ipc": cfg.ipc, "seed": cfg.seed, "kind": kind,
         "clouds_per_class": clouds, "points_per_cloud": cfg.cloud_points,
-        "stored_floats_per_class": None if ceiling else clouds * cfg.cloud_points * 3,
+        # every coordinate, and the logits of any blends (methods/morph.py)
+        "stored_floats_per_class": (None if ceiling else
+                                    clouds * cfg.cloud_points * 3 + cfg.ipc * cfg.morphs * cfg.cloud_split),
         "file": stored.name if stored else None, "sha256": _sha256(stored) if stored else None,
         "protocol": _own_protocol(cfg), "scores": _scores(cell, cfg, metrics),
     }
