@@ -85,6 +85,11 @@ def record_scores(cell: str | os.PathLike, name: str, result: dict) -> tuple[Pat
     return path, None
 
 
+def read_scores(cell: str | os.PathLike) -> dict[str, dict]:
+    """Every scoring ``record_scores`` filed in ``cell``, by name (``<protocol>-<net>``), sorted."""
+    return {path.stem: json.loads(path.read_text()) for path in sorted((Path(cell) / "scores").glob("*.json"))}
+
+
 def save_picture(path: Path, points: np.ndarray, labels: np.ndarray, domain: Domain,
                  class_names: tuple[str, ...] = ()) -> None:
     """The synthetic set as a PNG, one row per class (see ``evaluate.draw_set``)."""

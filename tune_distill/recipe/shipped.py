@@ -22,7 +22,7 @@ import numpy as np
 
 from ..core.errors import UserError
 from ..data import dataset_spec
-from .artifacts import load_synthetic
+from .artifacts import load_synthetic, read_scores
 from .config import Config, load_config_file, make_config
 from .selection import SELECTION_FILE
 from .table import TableSpec, cell_dir
@@ -54,9 +54,9 @@ def _own_protocol(cfg: Config) -> str:
 def _scores(cell: Path, cfg: Config, metrics: dict) -> dict[str, dict[str, Any]]:
     """Accuracy (%) per protocol/net: the run's own evaluation, then any recorded re-scorings."""
     found = {_own_protocol(cfg): metrics}
-    for extra in sorted((cell / "scores").glob("*.json")):
-        protocol, _, net = extra.stem.partition("-")
-        found[f"{protocol}/{net}"] = json.loads(extra.read_text())
+    for name, scored in read_scores(cell).items():
+        protocol, _, net = name.partition("-")
+        found[f"{protocol}/{net}"] = scored
     out = {}
     for key, m in found.items():
         score = {m.get("split", "test"): round(100 * m["acc_mean"], 4), "runs": len(m.get("accuracies", []))}

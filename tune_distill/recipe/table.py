@@ -238,6 +238,8 @@ def collect(spec: TableSpec, root: Path) -> list[dict]:
     whose cell ran on a GPU (its config.yaml's device), and per re-scoring of the cells under
     another protocol or network (``scores/<protocol>-<net>.json``) per seed its test mean, runs,
     epochs and points per cloud."""
+    from .artifacts import read_scores
+
     records = []
     for row in spec.rows:
         for ipc in spec.ipcs:
@@ -250,9 +252,8 @@ def collect(spec: TableSpec, root: Path) -> list[dict]:
                     test.append(100 * m["acc_mean"])
                     if "val_acc_mean" in m:
                         val.append(100 * m["val_acc_mean"])
-                    for extra in sorted((cell / "scores").glob("*.json")):
-                        scored = json.loads(extra.read_text())
-                        rescored.setdefault(extra.stem, []).append(
+                    for name, scored in read_scores(cell).items():
+                        rescored.setdefault(name, []).append(
                             {"test": 100 * scored["acc_mean"], "runs": len(scored["accuracies"]),
                              "epochs": scored["evaluator"]["eval_epochs"], "points": scored["points_per_cloud"]})
                     config = cell / "config.yaml"
