@@ -13,7 +13,7 @@ from tune_distill.core.errors import UserError
 from tune_distill.methods.loop import Distillation
 from tune_distill.methods.morph import aligned, blends, expanded, greedy_match
 from tune_distill.nets import NetSettings
-from tune_distill.recipe.artifacts import load_synthetic, save_run
+from tune_distill.recipe.artifacts import load_synthetic, save_run, save_synthetic
 from tune_distill.recipe.run import distill_settings, evaluate_set, settings, split_train
 
 TINY = dict(iterations=3, batch_real=4, width=16, eval_models=1, eval_epochs=2, eval_width=8, eval_depth=2,
@@ -79,3 +79,11 @@ def test_morphs_need_anchors_of_a_3d_set():
         make_config({"morphs": 4}, preset="modelnet10-quick")  # cloud_split 1: one anchor, nothing to blend
     with pytest.raises(UserError, match="morphs blends the cloud_split anchor clouds"):
         make_config({"morphs": 4, "cloud_split": 2, "points": 100}, preset="quick")  # MNIST
+
+
+def test_blend_logits_that_do_not_fit_the_clouds_are_one_line(tmp_path):
+    points, labels = np.zeros((6, 4, 3), np.float32), np.array([0, 0, 0, 1, 1, 1])
+    # Rows of 4 logits mean groups of 4 anchors: 6 clouds do not make such groups.
+    save_synthetic(tmp_path / "synthetic.npz", points, labels, np.zeros((3, 4), np.float32))
+    with pytest.raises(UserError, match="its blends' logits .3, 4. do not fit its 6 clouds"):
+        load_synthetic(tmp_path / "synthetic.npz")

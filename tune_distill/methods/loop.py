@@ -52,7 +52,7 @@ class DistillSettings:
     lr_net: float = 0.01
     optimizer: str = "sgd"
     lr: float = 0.1
-    mix_lr: float = 10.0  # SGD step size on the blends' logits (``morph``), when the set has blends
+    mix_lr: float = 10.0  # the optimizer's step size on the blends' logits (``morph``)
     momentum: float = 0.5
     lr_schedule: str = "constant"
     batch_real: int = 256

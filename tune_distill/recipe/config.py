@@ -44,7 +44,7 @@ class Config(BaseModel):
         0, ge=0, le=1024, description="3D: per ipc cloud, this many more training clouds, each a blend of its "
         "cloud_split anchor clouds point by point under learned softmax weights (3DDP); the storage counts each "
         "blend's cloud_split logits")
-    mix_lr: float = Field(10.0, gt=0, le=1000, description="morphs > 0: SGD step size on the blends' logits")
+    mix_lr: float = Field(10.0, gt=0, le=1000, description="morphs > 0: the optimizer's step size on the blends' logits")
     init: Literal["uniform", "gaussian", "real", "real_noise", "herding", "kcenter", "class_mean_topk", "full"] = Field(
         "uniform", description="full: every training cloud, the full-data ceiling (iterations=0)")
     init_sampling: Literal["random", "fps"] = Field(
