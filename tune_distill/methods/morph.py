@@ -56,9 +56,13 @@ def blends(points: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return torch.einsum("gma,gapd->gmpd", weights, points.view(groups, anchors, *points.shape[1:])).flatten(0, 1)
 
 
-def expanded(points: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def expanded(points: torch.Tensor, labels: torch.Tensor,
+             logits: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The clouds a stored set trains on: its anchors ``points`` (G * A, P, D) with ``labels``,
-    then every blend, labelled with its group's class (see ``blends``)."""
+    then every blend, labelled with its group's class (see ``blends``); without ``logits`` (a set
+    with no blends), the clouds as given."""
+    if logits is None:
+        return points, labels
     anchors = logits.shape[1]
     if len(points) % anchors or len(logits) % (len(points) // anchors):
         raise ValueError(f"{len(points)} anchor clouds in groups of {anchors} do not fit {len(logits)} blends")

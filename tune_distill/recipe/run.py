@@ -91,9 +91,8 @@ class RunResult:
 
     def training_set(self) -> tuple[np.ndarray, np.ndarray]:
         """The clouds the evaluator trains on: the stored ones, then their blends (with ``mix``)."""
-        if self.mix is None:
-            return self.points, self.labels
-        points, labels = expanded(torch.from_numpy(self.points), torch.from_numpy(self.labels), torch.from_numpy(self.mix))
+        mix = None if self.mix is None else torch.from_numpy(self.mix)
+        points, labels = expanded(torch.from_numpy(self.points), torch.from_numpy(self.labels), mix)
         return points.numpy(), labels.numpy()
 
     def metrics(self) -> dict:
@@ -314,10 +313,11 @@ def _run(config: Config, report: Report | None, data: Dataset | None, data_dir: 
         if report is not None:
             report({"eval_done": done, "eval_total": total})
 
-    def evaluate(points: torch.Tensor, labels: torch.Tensor) -> dict[str, list[float]]:
+    def evaluate(points: torch.Tensor, labels: torch.Tensor, mix: torch.Tensor | None) -> dict[str, list[float]]:
+        """Scores of the clouds the set trains on: ``points``, then their blends under ``mix``."""
         nonlocal eval_time
         t = time.perf_counter()
-        scores = evaluator(points, labels, eval_seed(cfg), eval_progress)
+        scores = evaluator(*expanded(points, labels, mix), eval_seed(cfg), eval_progress)
         eval_time += time.perf_counter() - t
         return scores
 
@@ -331,9 +331,6 @@ def _run(config: Config, report: Report | None, data: Dataset | None, data_dir: 
             syn, picks = aligned(syn, cfg.cloud_split), None
             mix_gen = torch.Generator().manual_seed(stream(cfg.seed, "mix"))
             mix = torch.randn(data.num_classes * cfg.ipc * cfg.morphs, cfg.cloud_split, generator=mix_gen).to(device)
-
-        def trained_on(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return (points, labels) if mix is None else expanded(points, labels.to(device), mix.detach())
         # real_match compares synthetic clouds with real ones of their size, thinned the same way.
         matched = train
         if cfg.real_match and cfg.init_sampling != "random" and cfg.iterations:
@@ -341,7 +338,7 @@ def _run(config: Config, report: Report | None, data: Dataset | None, data_dir: 
             matched = thinned_clouds(train, cfg.cloud_points, thin_gen, cfg.init_sampling)
 
         def evaluate_at(it: int, points: torch.Tensor) -> None:
-            scores = evaluate(*trained_on(points))
+            scores = evaluate(points, labels, None if mix is None else mix.detach())
             accs = scores.pop(cfg.eval_split)
             row = {"iteration": it, "acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs)), "accuracies": accs}
             # The other splits the same models scored (validation beside test): what to choose an
@@ -362,7 +359,7 @@ def _run(config: Config, report: Report | None, data: Dataset | None, data_dir: 
         stage = cached(cache_path("stages", first_stage_spec(cfg, device), train, STAGE_CODE), first_stage)
     else:
         stage = first_stage()
-    syn, labels, history, mix = stage["points"].to(device), stage["labels"], stage["history"], stage.get("mix")
+    syn, labels, history, mix = stage["points"].to(device), stage["labels"], stage["history"], stage["mix"]
     # A selection (nothing distilled, so never a cached stage): which training clouds it picked.
     picks = None if cfg.total_iterations or stage["picks"] is None else train_indices(data, cfg.val_size)[stage["picks"]]
     if cfg.tm_iterations:
@@ -370,7 +367,7 @@ def _run(config: Config, report: Report | None, data: Dataset | None, data_dir: 
         history += match_trajectories(trajectory_settings(cfg), train, data.num_classes, data.domain, syn, labels,
                                       device, report, data_id)
     distill_seconds = time.perf_counter() - started - eval_time
-    scores = evaluate(*((syn, labels) if mix is None else expanded(syn, labels.to(device), mix.to(device))))
+    scores = evaluate(syn, labels, None if mix is None else mix.to(device))
     accuracies = scores.pop(cfg.eval_split)
     return RunResult(
         config=cfg,
