@@ -28,21 +28,21 @@ def cache(tmp_path, monkeypatch):
 
 def test_experts_are_trained_once_and_shared_by_every_seed(mnist, cache):
     cfg = make_config(TM, preset="quick")
-    first = train_experts(trajectory_settings(cfg), mnist.train, mnist.domain.grid_shape, mnist.num_classes)
+    first = train_experts(trajectory_settings(cfg), mnist.train, mnist.domain, mnist.num_classes)
     [path] = list(cache.glob("*.pt"))
     assert len(first) == 2 and all(len(t) == 3 for t in first)  # checkpoints at steps 0, 10 and 20
     assert not torch.equal(first[0][0][0], first[0][-1][0])  # the expert trained
     assert not torch.equal(first[0][0][0], first[1][0][0])  # experts start from different networks
     written = path.stat().st_mtime_ns
-    again = train_experts(trajectory_settings(cfg.replace(seed=7)), mnist.train, mnist.domain.grid_shape, mnist.num_classes)
+    again = train_experts(trajectory_settings(cfg.replace(seed=7)), mnist.train, mnist.domain, mnist.num_classes)
     assert path.stat().st_mtime_ns == written  # read from the cache, not trained again
     assert all(torch.equal(a, b) for ta, tb in zip(first, again) for ca, cb in zip(ta, tb) for a, b in zip(ca, cb))
-    train_experts(trajectory_settings(cfg.replace(tm_expert_lr=0.05)), mnist.train, mnist.domain.grid_shape, mnist.num_classes)
+    train_experts(trajectory_settings(cfg.replace(tm_expert_lr=0.05)), mnist.train, mnist.domain, mnist.num_classes)
     assert len(list(cache.glob("*.pt"))) == 2  # other expert settings, other experts
     threads = torch.get_num_threads()
     torch.set_num_threads(threads + 1)
     try:
-        train_experts(trajectory_settings(cfg), mnist.train, mnist.domain.grid_shape, mnist.num_classes)
+        train_experts(trajectory_settings(cfg), mnist.train, mnist.domain, mnist.num_classes)
     finally:
         torch.set_num_threads(threads)
     assert len(list(cache.glob("*.pt"))) == 3  # another thread count may train other experts: its own entry

@@ -1,8 +1,11 @@
 """Trajectory matching (MTT): refine synthetic points so that training on them retraces training on real data.
 
-Experts are ConvNets (the evaluator's architecture at the distillation network's width and depth)
-trained by plain SGD on the real training clouds with the evaluator's augmentation; their
-parameters every ``tm_expert_every`` steps form a trajectory. Each iteration picks an expert and a
+Experts are the evaluator's kind of network trained by plain SGD on the real training clouds
+with the evaluator's augmentation; their parameters every ``tm_expert_every`` steps form a
+trajectory. On images they are ConvNets on the rendered digits (the distillation network's width
+and depth); on 3D shapes they are PointNets with BatchNorm (the settings' ``width``, ``depth`` and
+``head``: the recipe passes the evaluator's) on the real shapes, thinned as the synthetic clouds
+are, under the evaluator's scale / shift / jitter. Each iteration picks an expert and a
 start checkpoint t, trains a copy from there for ``tm_syn_steps`` steps on the synthetic images,
 differentiably and with a learnt step size, and moves the points to shrink
 ||theta_student - theta_{t+span}||^2 / ||theta_t - theta_{t+span}||^2.
@@ -28,12 +31,14 @@ from ..core.cache import cache_path, cached
 from ..core.seeding import seeded, stream
 from ..core.types import Clouds, Domain, PointBatch
 from ..data.image import dc_augment, render
+from ..data.points import augment_clouds
 from ..nets import ConvNet
+from ..nets.pointnet import PointNet
 from .encoding import Encoding
 from .loop import IterationLog, Report, snap_points
 
 Trajectory = list[list[torch.Tensor]]  # checkpoints, each the network's parameters in order
-EXPERT_CODE = ("methods.trajectory", "nets.convnet", "data.image", "core.types")  # what trains the experts
+EXPERT_CODE = ("methods.trajectory", "nets.convnet", "nets.pointnet", "data.image", "data.points", "core.types")  # what trains the experts
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class TrajectorySettings:
     expert_batch: int = 256
     width: int = 128
     depth: int = 3
+    head: tuple[int, ...] = (256,)  # PointNet experts' hidden head widths
     syn_steps: int = 10
     span: int = 2
     max_start: int = 8
@@ -66,16 +72,45 @@ class TrajectorySettings:
 def _expert_spec(cfg: TrajectorySettings, data_id: dict) -> dict:
     """What the experts depend on besides the real clouds they train on: their own settings, the
     data's identity and the code that trains them."""
-    keys = ("real_cap", "width", "depth", "expert_batch", "experts", "expert_steps", "expert_every", "expert_lr")
+    keys = ("real_cap", "width", "depth", "head", "expert_batch", "experts", "expert_steps", "expert_every", "expert_lr")
     return {k: getattr(cfg, k) for k in keys} | data_id
 
 
-def _images(clouds: Clouds, cap: int | None, grid_shape: tuple[int, ...], chunk: int = 5000) -> torch.Tensor:
-    return torch.cat([render(clouds.batch(torch.arange(i, min(i + chunk, len(clouds))), cap), grid_shape)
-                      for i in range(0, len(clouds), chunk)])
+class _Kind:
+    """What the experts and the student train on, for a domain: the input tensor of a set of
+    clouds, the network, and the evaluator's augmentation of a batch."""
+
+    def __init__(self, cfg: TrajectorySettings, domain: Domain, num_classes: int):
+        self.cfg, self.domain, self.num_classes = cfg, domain, num_classes
+        self.grid_shape = domain.grid_shape
+        self.free = [g for g in self.grid_shape if g > 1] if self.grid_shape is not None else []
+
+    def real(self, clouds: Clouds, chunk: int = 5000) -> torch.Tensor:
+        """Every real cloud as the network's input: (N, 1, H, W) images, or (N, P, 3) points."""
+        if self.grid_shape is None:
+            return clouds.batch(torch.arange(len(clouds)), self.cfg.real_cap).padded()
+        return torch.cat([render(clouds.batch(torch.arange(i, min(i + chunk, len(clouds))), self.cfg.real_cap),
+                                 self.grid_shape) for i in range(0, len(clouds), chunk)])
+
+    def synthetic(self, syn: torch.Tensor) -> torch.Tensor:
+        """The synthetic clouds as the network's input, differentiably."""
+        if self.grid_shape is None:
+            return syn
+        return self.cfg.encoding(PointBatch.from_padded(syn), self.grid_shape, False).reshape(len(syn), 1, *self.free)
+
+    def network(self) -> torch.nn.Module:
+        cfg = self.cfg
+        if self.grid_shape is None:
+            return PointNet(self.domain.dims, self.num_classes, cfg.width, cfg.depth, norm="batch", head=cfg.head)
+        return ConvNet(1, self.num_classes, self.free[-1], cfg.width, cfg.depth)
+
+    def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if self.grid_shape is None:
+            return augment_clouds(x, gen, self.domain.up, rotate=False)
+        return dc_augment(x, gen)
 
 
-def train_experts(cfg: TrajectorySettings, clouds: Clouds, grid_shape: tuple[int, ...], num_classes: int,
+def train_experts(cfg: TrajectorySettings, clouds: Clouds, domain: Domain, num_classes: int,
                   data_id: dict | None = None) -> list[Trajectory]:
     """``experts`` trajectories on the real clouds, from the disk cache when it has them.
 
@@ -83,21 +118,22 @@ def train_experts(cfg: TrajectorySettings, clouds: Clouds, grid_shape: tuple[int
     the cache is shared by every device, and CPU runs are reproducible.
     """
     return cached(cache_path("experts", _expert_spec(cfg, data_id or {}), clouds, EXPERT_CODE),
-                  lambda: _train_experts(cfg, clouds, grid_shape, num_classes))
+                  lambda: _train_experts(_Kind(cfg, domain, num_classes), clouds))
 
 
-def _train_experts(cfg: TrajectorySettings, clouds: Clouds, grid_shape: tuple[int, ...], num_classes: int) -> list[Trajectory]:
-    images, labels = _images(clouds.to("cpu"), cfg.real_cap, grid_shape), clouds.labels.cpu()
+def _train_experts(kind: _Kind, clouds: Clouds) -> list[Trajectory]:
+    cfg = kind.cfg
+    inputs, labels = kind.real(clouds.to("cpu")), clouds.labels.cpu()
     experts = []
     for e in range(cfg.experts):
         seed = stream(0, f"expert/{e}")  # not the run's seed: experts are shared by all runs
         gen = torch.Generator().manual_seed(seed)
-        net = seeded(seed, lambda: ConvNet(images.shape[1], num_classes, images.shape[-1], cfg.width, cfg.depth))
+        net = seeded(seed, kind.network)
         opt = torch.optim.SGD(net.parameters(), lr=cfg.expert_lr)
         trajectory = [[p.detach().clone() for p in net.parameters()]]
         for step in range(1, cfg.expert_steps + 1):
-            idx = torch.randint(len(images), (cfg.expert_batch,), generator=gen)
-            loss = F.cross_entropy(net(dc_augment(images[idx], gen)), labels[idx])
+            idx = torch.randint(len(inputs), (cfg.expert_batch,), generator=gen)
+            loss = F.cross_entropy(net(kind.augment(inputs[idx], gen)), labels[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -112,16 +148,14 @@ def match_trajectories(cfg: TrajectorySettings, clouds: Clouds, num_classes: int
                        report: Report | None = None, data_id: dict | None = None) -> list[dict]:
     """Refine ``syn`` (num_classes * clouds per class, P, D) in place for ``iterations``; return the history.
 
-    Needs an image grid domain (the experts are image ConvNets). History rows continue
-    ``distill``'s iteration count and carry the student's learnt step size.
+    ``clouds`` are the real clouds the experts train on (for 3D shapes, thinned as ``syn`` was).
+    History rows continue ``distill``'s iteration count and carry the student's learnt step size.
     """
-    grid_shape = domain.grid_shape
+    kind = _Kind(cfg, domain, num_classes)
     experts = [[[p.to(device) for p in ckpt] for ckpt in t]
-               for t in train_experts(cfg, clouds, grid_shape, num_classes, data_id)]
-    enc = cfg.encoding
-    free = [g for g in grid_shape if g > 1]
+               for t in train_experts(cfg, clouds, domain, num_classes, data_id)]
     with torch.random.fork_rng(devices=[]):
-        net = ConvNet(1, num_classes, free[-1], cfg.width, cfg.depth).to(device)  # parameters come from experts
+        net = kind.network().to(device)  # parameters come from experts
     names = [name for name, _ in net.named_parameters()]
     gen = torch.Generator().manual_seed(stream(cfg.seed, "trajectory"))
     labels = labels.to(device)
@@ -135,9 +169,9 @@ def match_trajectories(cfg: TrajectorySettings, clouds: Clouds, num_classes: int
         t = int(torch.randint(cfg.max_start + 1, (1,), generator=gen))
         start, target = trajectory[t], trajectory[t + cfg.span]
         params = [p.clone().requires_grad_(True) for p in start]
-        images = enc(PointBatch.from_padded(syn), grid_shape, False).reshape(len(syn), 1, *free)
+        inputs = kind.synthetic(syn)
         for _ in range(cfg.syn_steps):
-            x = dc_augment(images, gen) if cfg.augment else images
+            x = kind.augment(inputs, gen) if cfg.augment else inputs
             out = functional_call(net, dict(zip(names, params)), (x,))
             grads = torch.autograd.grad(F.cross_entropy(out, labels), params, create_graph=True)
             params = [p - log_lr.exp() * g for p, g in zip(params, grads)]
@@ -159,6 +193,6 @@ def match_trajectories(cfg: TrajectorySettings, clouds: Clouds, num_classes: int
             log.add(it, loss=loss.item(), grad_abs=grad_abs, delta_abs=(syn.detach() - before).abs().mean().item(),
                     tm_syn_lr=log_lr.exp().item())
     if cfg.snap_final:
-        snap_points(enc, syn, grid_shape)
+        snap_points(cfg.encoding, syn, domain.grid_shape)
     syn.requires_grad_(False)
     return log.rows

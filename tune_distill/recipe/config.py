@@ -198,8 +198,11 @@ class Config(BaseModel):
         if self.tm_iterations and self.tm_max_start + self.tm_span > checkpoints:
             raise ValueError(f"tm_max_start + tm_span must be at most tm_expert_steps // tm_expert_every = {checkpoints} "
                              f"(the experts' last checkpoint); lower them or train experts longer")
-        if self.tm_iterations and self.encoding != "splat":
+        if self.tm_iterations and image and self.encoding != "splat":
             raise ValueError("trajectory matching trains on the splatted image: set encoding=splat, or tm_iterations=0")
+        if self.tm_iterations and not image and (self.morphs or self.eval_net != "pointnet"):
+            raise ValueError("trajectory matching on 3D shapes moves the stored points along PointNet experts' training: "
+                             "set morphs=0 and eval_net=pointnet, or tm_iterations=0")
         if self.init == "full" and self.iterations + self.tm_iterations:
             raise ValueError("init=full evaluates the whole training set, it is not distilled: set iterations=0")
         if (self.family == "pointnet") != (self.encoding == "points"):
@@ -225,7 +228,7 @@ class Config(BaseModel):
             raise ValueError(f"eval_protocol and eval_net choose 3D evaluators; {self.dataset} is judged by its image "
                              "ConvNet: unset them, or use a point-cloud dataset")
         if not image:
-            image_only = [k for k in ("snap_every", "snap_final", "straight_through", "tm_iterations") if getattr(self, k)]
+            image_only = [k for k in ("snap_every", "snap_final", "straight_through") if getattr(self, k)]
             if image_only:
                 images = ", ".join(n for n, d in DATASETS.items() if d.kind == "image")
                 raise ValueError(f"{image_only[0]} works on image datasets ({images}) only; turn it off for {self.dataset}")

@@ -128,14 +128,30 @@ def encoding_of(cfg: Config) -> Encoding:
     return Encoding(cfg.encoding, cfg.splat_kernel, cfg.splat_sigma, cfg.splat_combine, cfg.straight_through)
 
 
+def real_cap(cfg: Config) -> int | None:
+    """Points kept of each real cloud: with ``real_match`` at most the synthetic clouds' size."""
+    return min(cfg.real_cap or cfg.cloud_points, cfg.cloud_points) if cfg.real_match else cfg.real_cap
+
+
 def distill_settings(cfg: Config) -> DistillSettings:
-    cap = min(cfg.real_cap or cfg.cloud_points, cfg.cloud_points) if cfg.real_match else cfg.real_cap
-    return settings(DistillSettings, cfg, encoding=encoding_of(cfg), eval_at=tuple(cfg.eval_at), real_cap=cap)
+    return settings(DistillSettings, cfg, encoding=encoding_of(cfg), eval_at=tuple(cfg.eval_at), real_cap=real_cap(cfg))
 
 
 def trajectory_settings(cfg: Config) -> TrajectorySettings:
+    # The experts train as the evaluator will: its batch size, and on 3D shapes its PointNet.
+    shape = {} if dataset_spec(cfg.dataset).kind == "image" else dict(
+        width=cfg.eval_width, depth=cfg.eval_depth, head=tuple(cfg.eval_head), real_cap=real_cap(cfg))
     return settings(TrajectorySettings, cfg, "tm_", first_iteration=cfg.iterations, expert_batch=cfg.eval_batch,
-                    encoding=encoding_of(cfg))
+                    encoding=encoding_of(cfg), **shape)
+
+
+def matched_clouds(cfg: Config, train: Clouds) -> Clouds:
+    """The real clouds the synthetic ones are compared with: with ``real_match``, thinned to the
+    synthetic clouds' size the way the init thinned them (the same for every use in a run)."""
+    if not (cfg.real_match and cfg.init_sampling != "random"):
+        return train
+    thin_gen = torch.Generator().manual_seed(stream(cfg.seed, "thin"))
+    return thinned_clouds(train, cfg.cloud_points, thin_gen, cfg.init_sampling)
 
 
 def eval_settings(cfg: Config) -> EvalSettings:
@@ -332,10 +348,7 @@ def _run(config: Config, report: Report | None, data: Dataset | None, data_dir: 
             mix_gen = torch.Generator().manual_seed(stream(cfg.seed, "mix"))
             mix = torch.randn(data.num_classes * cfg.ipc * cfg.morphs, cfg.cloud_split, generator=mix_gen).to(device)
         # real_match compares synthetic clouds with real ones of their size, thinned the same way.
-        matched = train
-        if cfg.real_match and cfg.init_sampling != "random" and cfg.iterations:
-            thin_gen = torch.Generator().manual_seed(stream(cfg.seed, "thin"))
-            matched = thinned_clouds(train, cfg.cloud_points, thin_gen, cfg.init_sampling)
+        matched = matched_clouds(cfg, train) if cfg.iterations else train
 
         def evaluate_at(it: int, points: torch.Tensor) -> None:
             scores = evaluate(points, labels, None if mix is None else mix.detach())
@@ -364,8 +377,8 @@ def _run(config: Config, report: Report | None, data: Dataset | None, data_dir: 
     picks = None if cfg.total_iterations or stage["picks"] is None else train_indices(data, cfg.val_size)[stage["picks"]]
     if cfg.tm_iterations:
         data_id = {"dataset": data.name, **data.options, "val_size": cfg.val_size}
-        history += match_trajectories(trajectory_settings(cfg), train, data.num_classes, data.domain, syn, labels,
-                                      device, report, data_id)
+        history += match_trajectories(trajectory_settings(cfg), matched_clouds(cfg, train), data.num_classes,
+                                      data.domain, syn, labels, device, report, data_id)
     distill_seconds = time.perf_counter() - started - eval_time
     scores = evaluate(syn, labels, None if mix is None else mix.to(device))
     accuracies = scores.pop(cfg.eval_split)
