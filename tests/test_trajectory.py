@@ -1,4 +1,5 @@
-"""Trajectory matching on real MNIST: the expert and first-stage caches, the refinement after distillation, its config checks."""
+"""Trajectory matching on real MNIST and real ModelNet10 shapes: the expert and first-stage caches, the
+refinement after distillation, its config checks."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import torch
 
 from tune_distill import make_config, run
 from tune_distill.core.errors import UserError
+from tune_distill.evaluate.point import build_net
 from tune_distill.methods.trajectory import train_experts
-from tune_distill.recipe.run import trajectory_settings
+from tune_distill.recipe.run import eval_settings, matched_clouds, split_train, trajectory_settings
 
 # Two experts of 20 steps (checkpoints at 0, 10, 20) on a narrow network: seconds, not minutes.
 TM = dict(iterations=2, batch_real=16, points=120, width=8, tm_iterations=3, tm_experts=2, tm_expert_steps=20,
@@ -109,3 +111,50 @@ def test_eval_at_does_not_change_the_points(mnist, cache):
     plain, watched = run(cfg, data=few), run(cfg.replace(eval_at=[1]), data=few)
     assert [e["iteration"] for e in watched.evaluations] == [1] and not plain.evaluations
     assert np.array_equal(plain.points, watched.points) and plain.accuracies == watched.accuracies
+
+
+# 3D: two experts of 20 steps, the evaluator's PointNet at its narrowest, 16 clouds of 16 points per class.
+TM3D = dict(iterations=0, points=64, cloud_split=4, init="herding", init_sampling="fps", real_match=True,
+            tm_iterations=3, tm_experts=2, tm_expert_steps=20, tm_expert_every=10, tm_span=1, tm_max_start=1,
+            tm_lr=0.01, eval_models=1, eval_epochs=2, eval_width=8, eval_depth=2, eval_batch=16,
+            eval_test_size=60, val_size=50, log_every=1)
+
+
+@pytest.fixture(scope="module")
+def shapes(modelnet10):
+    """Every 10th real ModelNet10 training shape: thinning all of them by farthest points takes seconds."""
+    return replace(modelnet10, train=modelnet10.train.subset(torch.arange(0, len(modelnet10.train), 10)))
+
+
+def test_3d_experts_are_the_evaluators_pointnet_on_real_shapes_thinned_as_the_set(shapes, cache):
+    cfg = make_config(TM3D, preset="modelnet10-quick")
+    train, _ = split_train(shapes, cfg.val_size)
+    real = matched_clouds(cfg, train)
+    assert (real.counts == 16).all() and len(real) == len(train)  # thinned to the synthetic clouds' size
+    [first, _] = train_experts(trajectory_settings(cfg), real, shapes.domain, shapes.num_classes)
+    evaluator = build_net(3, shapes.num_classes, eval_settings(cfg))
+    assert [p.shape for p in first[0]] == [p.shape for p in evaluator.parameters()]
+    assert not torch.equal(first[0][0], first[-1][0])  # the expert trained
+
+
+def test_3d_refinement_moves_the_selection_reproducibly_and_its_loss_falls(shapes, cache):
+    cfg = make_config(TM3D, preset="modelnet10-quick")
+    a, b = run(cfg, data=shapes), run(cfg, data=shapes)
+    assert np.array_equal(a.points, b.points) and a.accuracies == b.accuracies
+    selection = run(cfg.replace(tm_iterations=0), data=shapes)
+    assert not np.array_equal(a.points, selection.points) and a.picks is None and selection.picks is not None
+    assert all("tm_syn_lr" in r and r["delta_abs"] > 0 for r in a.history)
+    # One expert and one segment (checkpoint 0 -> 1): the student comes closer to the expert.
+    fixed = run(cfg.replace(tm_iterations=8, tm_experts=1, tm_max_start=0), data=shapes)
+    losses = [r["loss"] for r in fixed.history]
+    assert losses[-1] < 0.9 * losses[0]
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(morphs=2), "set morphs=0 and eval_net=pointnet"),
+    (dict(eval_net="dgcnn"), "set morphs=0 and eval_net=pointnet"),
+])
+def test_3d_trajectory_settings_it_cannot_serve_are_one_line_errors(change, words):
+    with pytest.raises(UserError, match=words):
+        make_config(dict(TM3D, **change), preset="modelnet10-quick")
+    make_config(dict(TM3D, **change, tm_iterations=0), preset="modelnet10-quick")
