@@ -200,9 +200,9 @@ class Config(BaseModel):
                              f"(the experts' last checkpoint); lower them or train experts longer")
         if self.tm_iterations and image and self.encoding != "splat":
             raise ValueError("trajectory matching trains on the splatted image: set encoding=splat, or tm_iterations=0")
-        if self.tm_iterations and not image and (self.morphs or self.eval_net != "pointnet"):
-            raise ValueError("trajectory matching on 3D shapes moves the stored points along PointNet experts' training: "
-                             "set morphs=0 and eval_net=pointnet, or tm_iterations=0")
+        if self.tm_iterations and not image and self.morphs:
+            raise ValueError("trajectory matching on 3D shapes moves the stored points, not the blends' logits: "
+                             "set morphs=0, or tm_iterations=0")
         if self.init == "full" and self.iterations + self.tm_iterations:
             raise ValueError("init=full evaluates the whole training set, it is not distilled: set iterations=0")
         if (self.family == "pointnet") != (self.encoding == "points"):
