@@ -4,8 +4,8 @@ Experts are the evaluator's kind of network trained by plain SGD on the real tra
 with the evaluator's augmentation; their parameters every ``tm_expert_every`` steps form a
 trajectory. On images they are ConvNets on the rendered digits (the distillation network's width
 and depth); on 3D shapes they are PointNets with BatchNorm (the settings' ``width``, ``depth`` and
-``head``: the recipe passes the evaluator's) on the real shapes, thinned as the synthetic clouds
-are, under the evaluator's scale / shift / jitter. Each iteration picks an expert and a
+``head``: the recipe passes the evaluator's) on the real shapes (with ``real_match``, thinned as
+the synthetic clouds are), under the evaluator's scale / shift / jitter. Each iteration picks an expert and a
 start checkpoint t, trains a copy from there for ``tm_syn_steps`` steps on the synthetic images,
 differentiably and with a learnt step size, and moves the points to shrink
 ||theta_student - theta_{t+span}||^2 / ||theta_t - theta_{t+span}||^2.
@@ -148,7 +148,7 @@ def match_trajectories(cfg: TrajectorySettings, clouds: Clouds, num_classes: int
                        report: Report | None = None, data_id: dict | None = None) -> list[dict]:
     """Refine ``syn`` (num_classes * clouds per class, P, D) in place for ``iterations``; return the history.
 
-    ``clouds`` are the real clouds the experts train on (for 3D shapes, thinned as ``syn`` was).
+    ``clouds`` are the real clouds the experts train on (with ``real_match``, thinned as ``syn`` was).
     History rows continue ``distill``'s iteration count and carry the student's learnt step size.
     """
     kind = _Kind(cfg, domain, num_classes)
