@@ -96,6 +96,7 @@ def test_the_trajectory_loss_falls_on_a_fixed_segment(mnist, cache):
 @pytest.mark.parametrize("change, words", [
     (dict(tm_max_start=2), r"tm_max_start \+ tm_span must be at most"),
     (dict(encoding="features"), "set encoding=splat"),
+    (dict(tm_nets=["dgcnn"]), "unset tm_nets, or use a point-cloud dataset"),
 ])
 def test_inconsistent_trajectory_settings_are_one_line_errors(change, words):
     with pytest.raises(UserError, match=words):
@@ -148,6 +149,27 @@ def test_3d_refinement_moves_the_selection_reproducibly_and_its_loss_falls(shape
     fixed = run(cfg.replace(tm_iterations=8, tm_experts=1, tm_max_start=0), data=shapes)
     losses = [r["loss"] for r in fixed.history]
     assert losses[-1] < 0.9 * losses[0]
+
+
+def test_3d_experts_of_several_architectures_take_turns(shapes, cache):
+    # PointNet and DGCNN experts, each of the evaluator's width; the iterations alternate between
+    # them, each net moving only its own learnt step size; reproducible (DGCNN's dropout included).
+    cfg = make_config(dict(TM3D, tm_nets=["pointnet", "dgcnn"], tm_iterations=4), preset="modelnet10-quick")
+    train, _ = split_train(shapes, cfg.val_size)
+    [first, _] = train_experts(trajectory_settings(cfg), matched_clouds(cfg, train), shapes.domain, shapes.num_classes,
+                               net="dgcnn")
+    evaluator = build_net(3, shapes.num_classes, eval_settings(cfg.replace(eval_net="dgcnn")))
+    assert [p.shape for p in first[0]] == [p.shape for p in evaluator.parameters()]
+    a, b = run(cfg, data=shapes), run(cfg, data=shapes)
+    assert np.array_equal(a.points, b.points)
+    steps = [(r["tm_syn_lr"], r["tm_syn_lr_dgcnn"]) for r in a.history]
+    start = cfg.tm_syn_lr
+    assert steps[0][0] != start and steps[0][1] == pytest.approx(start)  # iteration 0: PointNet's turn
+    assert steps[1][1] != pytest.approx(start) and steps[1][0] == steps[0][0]  # iteration 1: DGCNN's
+    only_pointnet = run(cfg.replace(tm_nets=["pointnet"]), data=shapes)
+    assert not np.array_equal(a.points, only_pointnet.points)
+    with pytest.raises(UserError, match="name each once"):
+        make_config(dict(TM3D, tm_nets=["dgcnn", "dgcnn"]), preset="modelnet10-quick")
 
 
 def test_3d_trajectory_matching_refuses_blends_in_one_line():

@@ -121,6 +121,9 @@ class Config(BaseModel):
     tm_lr: float = Field(0.01, gt=0, le=100, description="Adam step size on the coordinates (cells)")
     tm_syn_lr: float = Field(0.03, gt=0, le=10, description="the student's initial step size (learnt)")
     tm_lr_lr: float = Field(0.01, ge=0, le=10, description="Adam step size on the log of the student's step size")
+    tm_nets: list[Literal["pointnet", "dgcnn", "pointnet2"]] = Field(
+        default_factory=lambda: ["pointnet"], min_length=1, description="3D: the experts' architectures at the "
+        "evaluator's width, taken in turn by the iterations, each with its own experts (images: ConvNet)")
 
     # Optimisation of the synthetic set --------------------------------------------------------
     optimizer: Literal["sgd", "adam"] = "sgd"
@@ -203,6 +206,11 @@ class Config(BaseModel):
         if self.tm_iterations and not image and self.morphs:
             raise ValueError("trajectory matching on 3D shapes moves the stored points, not the blends' logits: "
                              "set morphs=0, or tm_iterations=0")
+        if len(set(self.tm_nets)) < len(self.tm_nets):
+            raise ValueError(f"tm_nets names an architecture twice ({self.tm_nets}): name each once")
+        if self.tm_iterations and image and self.tm_nets != ["pointnet"]:
+            raise ValueError(f"tm_nets chooses 3D experts; {self.dataset}'s experts are its image ConvNet: "
+                             "unset tm_nets, or use a point-cloud dataset")
         if self.init == "full" and self.iterations + self.tm_iterations:
             raise ValueError("init=full evaluates the whole training set, it is not distilled: set iterations=0")
         if (self.family == "pointnet") != (self.encoding == "points"):

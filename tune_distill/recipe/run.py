@@ -138,9 +138,10 @@ def distill_settings(cfg: Config) -> DistillSettings:
 
 
 def trajectory_settings(cfg: Config) -> TrajectorySettings:
-    # The experts train as the evaluator will: its batch size, and on 3D shapes its PointNet.
+    # The experts train as the evaluator will: its batch size, and on 3D shapes its width.
     shape = {} if dataset_spec(cfg.dataset).kind == "image" else dict(
-        width=cfg.eval_width, depth=cfg.eval_depth, head=tuple(cfg.eval_head), real_cap=real_cap(cfg))
+        width=cfg.eval_width, depth=cfg.eval_depth, head=tuple(cfg.eval_head), real_cap=real_cap(cfg),
+        nets=tuple(cfg.tm_nets))
     return settings(TrajectorySettings, cfg, "tm_", first_iteration=cfg.iterations, expert_batch=cfg.eval_batch,
                     encoding=encoding_of(cfg), **shape)
 
