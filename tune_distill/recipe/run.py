@@ -338,6 +338,10 @@ def _run(config: Config, report: Report | None, data: Dataset | None, data_dir: 
         eval_time += time.perf_counter() - t
         return scores
 
+    # real_match compares synthetic clouds with real ones of their size, thinned the same way; both
+    # stages match against them, so they are thinned once (a selection needs none).
+    matched = matched_clouds(cfg, train) if cfg.total_iterations else train
+
     def first_stage() -> dict:
         """The initial set, distilled by the matching objective against the clouds it matches."""
         syn, labels, picks = initial_set(cfg, train, data, device)
@@ -348,8 +352,6 @@ def _run(config: Config, report: Report | None, data: Dataset | None, data_dir: 
             syn, picks = aligned(syn, cfg.cloud_split), None
             mix_gen = torch.Generator().manual_seed(stream(cfg.seed, "mix"))
             mix = torch.randn(data.num_classes * cfg.ipc * cfg.morphs, cfg.cloud_split, generator=mix_gen).to(device)
-        # real_match compares synthetic clouds with real ones of their size, thinned the same way.
-        matched = matched_clouds(cfg, train) if cfg.iterations else train
 
         def evaluate_at(it: int, points: torch.Tensor) -> None:
             scores = evaluate(points, labels, None if mix is None else mix.detach())
@@ -378,8 +380,8 @@ def _run(config: Config, report: Report | None, data: Dataset | None, data_dir: 
     picks = None if cfg.total_iterations or stage["picks"] is None else train_indices(data, cfg.val_size)[stage["picks"]]
     if cfg.tm_iterations:
         data_id = {"dataset": data.name, **data.options, "val_size": cfg.val_size}
-        history += match_trajectories(trajectory_settings(cfg), matched_clouds(cfg, train), data.num_classes,
-                                      data.domain, syn, labels, device, report, data_id)
+        history += match_trajectories(trajectory_settings(cfg), matched, data.num_classes, data.domain, syn, labels,
+                                      device, report, data_id)
     distill_seconds = time.perf_counter() - started - eval_time
     scores = evaluate(syn, labels, None if mix is None else mix.to(device))
     accuracies = scores.pop(cfg.eval_split)
