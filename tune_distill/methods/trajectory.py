@@ -8,8 +8,9 @@ settings' ``width``, ``depth`` and ``head``, DGCNN or PointNet++ of ``width``: t
 the evaluator's) on the real shapes (with ``real_match``, thinned as the synthetic clouds are),
 under the evaluator's scale / shift / jitter. With several ``nets`` the iterations take them in
 turn, each with its own experts and learnt step size, so that the set is not one only a single
-architecture learns from. Each iteration picks an expert and a start checkpoint t, trains a copy from there for ``tm_syn_steps`` steps on the synthetic images,
-differentiably and with a learnt step size, and moves the points to shrink
+architecture learns from. Each iteration picks an expert and a start checkpoint t, trains a copy
+from there for ``tm_syn_steps`` steps on the synthetic clouds (images on MNIST), differentiably
+and with a learnt step size, and moves the points to shrink
 ||theta_student - theta_{t+span}||^2 / ||theta_t - theta_{t+span}||^2.
 
 It runs after the main objective (``tm_iterations`` > 0), from the points that objective left.
