@@ -173,6 +173,12 @@ def read_base(exp_dir: Path) -> dict[str, Any]:
 def error_line(text: str) -> str:
     """The exception line (``Type: message``) of a Ray error file or a traceback."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    # Ray's memory monitor writes no exception line, and its report ends with a process table.
+    oom = next((ln for ln in lines if "running low on memory" in ln), None)
+    if oom is not None:
+        usage = re.search(r"was ([\d.]+GB used / [\d.]+GB limit)", oom)
+        return ("OutOfMemoryError: Ray killed the trial's worker, the node running low on memory"
+                + (f" ({usage.group(1)})" if usage else ""))
     for ln in reversed(lines):
         head = ln.split(":", 1)[0]
         if head and " " not in head and ":" in ln and (head.endswith(("Error", "Exception", "Interrupt")) or "." in head):

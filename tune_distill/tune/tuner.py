@@ -382,7 +382,17 @@ def search(space: SearchSpace, *, name: str, storage: str | Path | None = None, 
                 tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True)
             else:
                 tuner = _new_tuner(space, name, exp_dir, trainable, callbacks)
-            tuner.fit()
+            try:
+                tuner.fit()
+            except RuntimeError as exc:
+                # Tune's actor manager gives up on the whole run when Ray's memory monitor kills a
+                # reused worker; the experiment's state is saved, so say how to go on.
+                if "low on memory" not in str(exc):
+                    raise
+                raise UserError(f"search {name!r} stopped: Ray killed a trial's worker because the node ran low on "
+                                f"memory; finished trials are kept. Free memory or lower concurrency, then resume: "
+                                f"tune-distill search --name {name} --resume (with the same --storage and --data-dir)"
+                                ) from None
         seconds = time.perf_counter() - started
     finally:
         if started_ray:
