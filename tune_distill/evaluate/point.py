@@ -24,9 +24,7 @@ import torch.nn.functional as F
 from ..core.seeding import seeded
 from ..core.types import Clouds, Domain
 from ..data.points import augment_clouds
-from ..nets.dgcnn import DGCNN
-from ..nets.pointnet import PointNet
-from ..nets.pointnet2 import PointNet2
+from ..nets import build_point_classifier
 from .pictures import draw_grid
 from .settings import EvalSettings, Progress, accuracy, train_models
 from .stack import ModelStack, epoch_batches
@@ -89,12 +87,8 @@ def unit_sphere(x: torch.Tensor) -> torch.Tensor:
 def build_net(in_channels: int, num_classes: int, settings: EvalSettings) -> torch.nn.Module:
     """The evaluation network ``settings.net`` names, freshly initialised from the global generator."""
     s = settings
-    if s.net == "dgcnn":
-        return DGCNN(in_channels, num_classes, s.width)
-    if s.net == "pointnet2":
-        return PointNet2(in_channels, num_classes, s.width)
-    return PointNet(in_channels, num_classes, s.width, s.depth, norm="batch", head=s.head, channels=s.channels,
-                    dropout=s.dropout, last_relu=s.last_relu, tnet=s.tnet)
+    return build_point_classifier(s.net, in_channels, num_classes, s.width, s.depth, s.head, channels=s.channels,
+                                  dropout=s.dropout, last_relu=s.last_relu, tnet=s.tnet)
 
 
 def _fresh_net(train_x: torch.Tensor, num_classes: int, settings: EvalSettings, seed: int) -> torch.nn.Module:

@@ -35,10 +35,7 @@ from ..core.seeding import seeded, stream
 from ..core.types import Clouds, Domain, PointBatch
 from ..data.image import dc_augment, render
 from ..data.points import augment_clouds
-from ..nets import ConvNet
-from ..nets.dgcnn import DGCNN
-from ..nets.pointnet import PointNet
-from ..nets.pointnet2 import PointNet2
+from ..nets import ConvNet, build_point_classifier
 from .encoding import Encoding
 from .loop import IterationLog, Report, snap_points
 
@@ -108,11 +105,7 @@ class _Kind:
         cfg = self.cfg
         if self.grid_shape is not None:
             return ConvNet(1, self.num_classes, self.free[-1], cfg.width, cfg.depth)
-        if self.net == "dgcnn":
-            return DGCNN(self.domain.dims, self.num_classes, cfg.width)
-        if self.net == "pointnet2":
-            return PointNet2(self.domain.dims, self.num_classes, cfg.width)
-        return PointNet(self.domain.dims, self.num_classes, cfg.width, cfg.depth, norm="batch", head=cfg.head)
+        return build_point_classifier(self.net, self.domain.dims, self.num_classes, cfg.width, cfg.depth, cfg.head)
 
     def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         if self.grid_shape is None:

@@ -46,4 +46,17 @@ def build_distill_net(settings: NetSettings, in_channels: int, grid_shape: tuple
     return seeded(seed, lambda: DenseNet(in_channels, num_classes, grid_shape, s.depth, s.width, s.pooling, s.norm))
 
 
-__all__ = ["ConvNet", "DGCNN", "DenseNet", "NetSettings", "PointNet", "PointNet2", "SparseNet", "build_distill_net"]
+def build_point_classifier(net: str, in_channels: int, num_classes: int, width: int, depth: int = 4,
+                           head: tuple[int, ...] = (256,), **pointnet: object) -> torch.nn.Module:
+    """A point-cloud classifier by name (``pointnet``, ``dgcnn`` or ``pointnet2``) at ``width``,
+    freshly initialised from the global generator: the evaluators' networks and the trajectory
+    experts'. ``depth``, ``head`` and ``pointnet`` (channels, dropout, last_relu, tnet) shape
+    PointNet only (BatchNorm)."""
+    if net == "dgcnn":
+        return DGCNN(in_channels, num_classes, width)
+    if net == "pointnet2":
+        return PointNet2(in_channels, num_classes, width)
+    return PointNet(in_channels, num_classes, width, depth, norm="batch", head=head, **pointnet)
+
+
+__all__ = ["ConvNet", "DGCNN", "DenseNet", "NetSettings", "PointNet", "PointNet2", "SparseNet", "build_distill_net", "build_point_classifier"]

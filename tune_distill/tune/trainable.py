@@ -24,7 +24,6 @@ again at once, before any work, and ``OwnErrorsAreFinal`` makes that retry the l
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import json
 import math
 import os
@@ -212,10 +211,9 @@ def release_memory() -> None:
     no-op). A reused worker runs each trial in a thread of its own, and glibc keeps the memory a
     thread freed in that thread's arena: without this a worker keeps each trial's peak, and Ray's
     memory monitor may kill it while it sits between trials."""
-    name = ctypes.util.find_library("c")
     try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):  # not glibc
+        ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols: libc is among them
+    except (OSError, AttributeError):  # not glibc
         pass
 
 
